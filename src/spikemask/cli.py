@@ -1,0 +1,210 @@
+"""The ``spikemask`` command line: parse, load the config, call one function.
+
+Every user mistake surfaces as a :class:`~spikemask.errors.SpikemaskError`, printed as one
+line on stderr with exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from spikemask.errors import SpikemaskError
+
+__all__ = ["main"]
+
+MASKING_CHOICES = ("mtm", "mtm-temporal", "temporal", "neuron", "causal", "inter-region",
+                   "intra-region", "random", "random-token")
+
+
+def _add_budget_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-epochs", type=int, help="stop after this many epochs")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    parser.add_argument("--max-minutes", type=float, help="stop after this wall-clock time")
+    parser.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
+    parser.add_argument("--config", type=Path, help="YAML file of config overrides")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set model.width=256 (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spikemask", description="Multi-task masking transformers for spiking data."
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="summarise a dataset folder")
+    p.add_argument("data", type=Path, help="dataset folder in the IBL parquet layout")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("synth", help="write synthetic sessions with known true rates")
+    p.add_argument("--out", type=Path, required=True, help="new output folder")
+    p.add_argument("--sessions", type=int, default=3, help="number of sessions (animals)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("train", help="train a model on one or many sessions")
+    p.add_argument("data", nargs="+", help="dataset folders (or a .txt file listing them)")
+    p.add_argument("--out", type=Path, required=True, help="new run folder")
+    p.add_argument("--preset", choices=("small", "paper"), default="small")
+    p.add_argument("--masking", choices=MASKING_CHOICES,
+                   help="masking scheme(s) to train with (default: mtm, the paper's mixture)")
+    p.add_argument("--model", choices=("ndt1", "ndt2"), help="architecture (default ndt1)")
+    _add_budget_flags(p)
+
+    p = sub.add_parser("finetune", help="adapt a trained model to new sessions")
+    p.add_argument("run", type=Path, help="run folder of the pre-trained model")
+    p.add_argument("data", nargs="+", help="dataset folders of the new sessions")
+    p.add_argument("--out", type=Path, required=True, help="new run folder")
+    p.add_argument("--mode", choices=("full", "session"), default="full",
+                   help="train all weights, or only the new session's layers")
+    p.add_argument("--masking", choices=MASKING_CHOICES,
+                   help="masking for fine-tuning (default: the pre-training masking)")
+    p.add_argument("--which", choices=("best", "last"), default="best",
+                   help="which checkpoint of the run to start from")
+    _add_budget_flags(p)
+    _add_later_commands(sub)
+    return parser
+
+
+def _add_later_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands whose modules are imported only when used."""
+    from spikemask import cli_more
+
+    cli_more.add_commands(sub)
+
+
+def _budget_sets(args: argparse.Namespace) -> list[str]:
+    sets = []
+    if args.max_epochs is not None or args.max_steps is not None or args.max_minutes is not None:
+        # an explicit budget replaces the preset's, rather than adding to it
+        sets += [f"train.max_epochs={_null(args.max_epochs)}",
+                 f"train.max_steps={_null(args.max_steps)}",
+                 f"train.max_minutes={_null(args.max_minutes)}"]
+    if args.seed is not None:
+        sets.append(f"train.seed={args.seed}")
+    if args.quiet:
+        sets.append("train.progress_bar=false")
+    return sets
+
+
+def _null(value: object) -> str:
+    return "null" if value is None else str(value)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from spikemask.data.loading import load_session
+
+    session = load_session(args.data)
+    summary = session.summary()
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(_format_summary(summary))
+    return 0
+
+
+def _format_summary(s: dict) -> str:
+    lines = [
+        f"session        {s['session_id']}",
+        f"units          {s['num_units']}",
+        f"time bins      {s['num_bins']} x {s['bin_size_s'] * 1000:g} ms "
+        f"(window start {s['window_start_s']} s, aligned to {s['align_event']})",
+        "trials         " + ", ".join(f"{k} {v}" for k, v in s["num_trials"].items()),
+        "total spikes   " + ", ".join(f"{k} {v:,}" for k, v in s["total_spikes"].items()),
+        f"mean rate      {s['mean_rate_hz']:.2f} Hz",
+        "trial fields   " + (", ".join(s["trial_behavior"]) or "-"),
+        "per-bin fields " + (", ".join(s["bin_behavior"]) or "-"),
+        f"regions        {len(s['regions'])}",
+    ]
+    lines += [f"  {name:<12} {count:>5} units" for name, count in s["regions"].items()]
+    return "\n".join(lines)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from spikemask.data.synthetic import synthesize
+
+    paths = synthesize(args.out, num_sessions=args.sessions, seed=args.seed)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from spikemask.config import load_config
+    from spikemask.training.run import train
+
+    sets = _budget_sets(args)
+    if args.masking:
+        sets.append(f"masking={json.dumps(_masking_values(args.masking))}")
+    if args.model:
+        sets.append(f"model.architecture={args.model}")
+    config = load_config(preset=args.preset, path=args.config, sets=[*sets, *args.sets])
+    result = train(args.data, args.out, config=config, resume=args.resume)
+    _report(result)
+    return 0
+
+
+def _masking_values(name: str) -> dict:
+    from spikemask.masking import MaskingConfig
+
+    preset = MaskingConfig.preset(name)
+    return {"schemes": list(preset.schemes), "weights": preset.weights}
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from spikemask.training.finetune import finetune
+
+    sets = _budget_sets(args)
+    if args.masking:
+        sets.append(f"masking={json.dumps(_masking_values(args.masking))}")
+    result = finetune(args.run, args.data, args.out, mode=args.mode, which=args.which,
+                      config_path=args.config, sets=[*sets, *args.sets], resume=args.resume)
+    _report(result)
+    return 0
+
+
+def _report(result) -> None:
+    print(f"run folder     {result.run_dir}")
+    print(f"epochs / steps {result.epochs} / {result.steps}")
+    print(f"best val loss  {result.best_val_loss:.5f}")
+    print(f"time           {result.elapsed_s:.1f} s")
+
+
+COMMANDS = {"inspect": cmd_inspect, "synth": cmd_synth, "train": cmd_train,
+            "finetune": cmd_finetune}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``spikemask`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from spikemask import __version__
+
+        print(__version__)
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 2
+    from spikemask import cli_more
+
+    handler = COMMANDS.get(args.command) or cli_more.COMMANDS[args.command]
+    try:
+        return handler(args)
+    except SpikemaskError as err:
+        print(f"spikemask {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"spikemask {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""Typed run configuration; the only place YAML is read.
+
+A run is described by :class:`RunConfig` (model, masking, data, training sections). Start
+from a preset (``small`` or ``paper``), then apply a short YAML file and ``--set
+section.key=value`` overrides. Unknown keys and values of the wrong type are errors that
+name the key and what was expected.
+
+Example YAML override::
+
+    model:
+      width: 256
+      position_embedding: rotary
+    train:
+      max_epochs: 50
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spikemask.errors import SpikemaskError
+from spikemask.masking import MaskingConfig
+from spikemask.models.config import ModelConfig, model_preset
+
+__all__ = [
+    "DataConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "load_config",
+    "parse_set_options",
+    "run_preset",
+]
+
+REGION_LEVELS = ("allen", "beryl", "cosmos")
+SAMPLING = ("proportional", "balanced")
+PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed", "64")
+
+
+@dataclass
+class DataConfig:
+    """How sessions become batches.
+
+    Attributes:
+        batch_size: Trials per batch (one session per batch), across all devices.
+        region_level: Region labels used by region masking: ``allen`` (as recorded),
+            ``beryl`` or ``cosmos`` (IBL's coarser groupings).
+        session_sampling: ``proportional`` (every training trial once per epoch) or
+            ``balanced`` (every session contributes equally many batches per epoch).
+        num_workers: DataLoader worker processes.
+    """
+
+    batch_size: int = 16
+    region_level: str = "allen"
+    session_sampling: str = "proportional"
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check_positive("data.batch_size", self.batch_size)
+        _check_choice("data.region_level", self.region_level, REGION_LEVELS)
+        _check_choice("data.session_sampling", self.session_sampling, SAMPLING)
+        if self.num_workers < 0:
+            raise SpikemaskError(f"data.num_workers={self.num_workers}; expected >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, budgets and hardware.
+
+    Attributes:
+        max_epochs / max_steps / max_minutes: Budgets; training stops at the first reached
+            (``None`` = no limit from that budget; at least one must be set).
+        lr: Peak learning rate of the one-cycle schedule (AdamW).
+        weight_decay: AdamW weight decay.
+        warmup_fraction: Fraction of the schedule spent warming up.
+        gradient_clip: Gradient-norm clip (0 = off).
+        seed: Seed of every random choice (sampling, masks, dropout, initialisation).
+        precision: ``auto`` picks bf16 autocast on GPUs that support it, else 32-bit.
+        accelerator / devices / num_nodes / strategy: Passed to Lightning's Trainer.
+        log_every_n_steps: Logging interval.
+        tensorboard: Also write TensorBoard logs (CSV logs are always written).
+        progress_bar: Show a progress bar.
+    """
+
+    max_epochs: int | None = 100
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.15
+    gradient_clip: float = 1.0
+    seed: int = 0
+    precision: str = "auto"
+    accelerator: str = "auto"
+    devices: str | int = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    log_every_n_steps: int = 10
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_epochs is None and self.max_steps is None and self.max_minutes is None:
+            raise SpikemaskError(
+                "train: no budget set; expected max_epochs, max_steps or max_minutes"
+            )
+        for name in ("max_epochs", "max_steps", "max_minutes"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_positive(f"train.{name}", value)
+        _check_positive("train.lr", self.lr)
+        if not 0 <= self.warmup_fraction < 1:
+            raise SpikemaskError(
+                f"train.warmup_fraction={self.warmup_fraction}; expected a value in [0, 1)"
+            )
+        if self.weight_decay < 0 or self.gradient_clip < 0:
+            raise SpikemaskError("train.weight_decay and train.gradient_clip must be >= 0")
+        _check_choice("train.precision", str(self.precision), PRECISIONS)
+        _check_positive("train.num_nodes", self.num_nodes)
+        _check_positive("train.log_every_n_steps", self.log_every_n_steps)
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-ready values (tuples become lists)."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, where: str = "config") -> RunConfig:
+        """Rebuild from :meth:`to_dict` output; unknown keys are errors."""
+        return apply_overrides(cls(), values, where=where)
+
+
+_PRESET_TRAIN = {
+    # CPU-friendly: minutes on 2 cores; a higher peak lr suits the short schedule.
+    "small": {"lr": 1e-3, "max_epochs": 100},
+    # The paper's optimisation (method.md section 5).
+    "paper": {"lr": 1e-4, "max_epochs": 1000},
+}
+
+
+def run_preset(name: str) -> RunConfig:
+    """The ``small`` or ``paper`` preset: model size plus matching optimisation."""
+    if name not in _PRESET_TRAIN:
+        raise SpikemaskError(f"unknown preset {name!r}; expected one of {sorted(_PRESET_TRAIN)}")
+    return RunConfig(model=model_preset(name), train=TrainConfig(**_PRESET_TRAIN[name]))
+
+
+def load_config(
+    *, preset: str = "small", path: str | Path | None = None, sets: list[str] | None = None
+) -> RunConfig:
+    """Preset, then a YAML file, then ``key=value`` overrides, in that order."""
+    config = run_preset(preset)
+    if path is not None:
+        config = apply_overrides(config, _read_yaml(Path(path)), where=str(path))
+    if sets:
+        config = apply_overrides(config, parse_set_options(sets), where="--set")
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SpikemaskError(f"config file {str(path)!r} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SpikemaskError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise SpikemaskError(f"config file {str(path)!r}: expected a mapping of sections")
+    return values
+
+
+def parse_set_options(sets: list[str]) -> dict[str, Any]:
+    """``["model.width=256", "train.lr=3e-4"]`` -> nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SpikemaskError(f"--set {item!r}: expected section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        target = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise SpikemaskError(f"--set {item!r}: {part!r} is set twice")
+        target[parts[-1]] = value
+    return nested
+
+
+def apply_overrides(obj: Any, values: dict[str, Any], *, where: str) -> Any:
+    """A copy of dataclass ``obj`` with ``values`` applied, type-checked, recursively."""
+    if not isinstance(values, dict):
+        raise SpikemaskError(f"{where}: expected a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise SpikemaskError(
+                f"{where}: unknown key {key!r} in {type(obj).__name__}; "
+                f"expected one of {sorted(fields)}"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = apply_overrides(current, value, where=f"{where}: {key}")
+        else:
+            changes[key] = _coerce(value, hints[key], f"{where}: {key}")
+    try:
+        return dataclasses.replace(obj, **changes)
+    except TypeError as err:  # a dataclass rejected a value combination
+        raise SpikemaskError(f"{where}: {err}") from None
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:  # noqa: C901 - one branch per type kind
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except SpikemaskError as err:
+                errors.append(str(err))
+        raise SpikemaskError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise SpikemaskError(f"{where}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return tuple(_coerce(v, item, where) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SpikemaskError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], where) for k, v in value.items()}
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise SpikemaskError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise SpikemaskError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise SpikemaskError(f"{where}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise SpikemaskError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _check_positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not value > 0:
+        raise SpikemaskError(f"{name}={value!r}; expected a positive number")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SpikemaskError(f"{name}={value!r}; expected one of {list(choices)}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,73 @@
+"""On-disk cache of decoded spike counts.
+
+Decoding the CSR lists of a split happens once; the dense (K, T, N) counts are then kept
+as a ``.npy`` file keyed by the parquet file's absolute path, size and modification time,
+and later reads memory-map it (near-instant, and the operating system pages in only what a
+batch touches, which bounds memory when many sessions are used together).
+
+Location: ``$SPIKEMASK_CACHE_DIR``, else ``$XDG_CACHE_HOME/spikemask``, else
+``~/.cache/spikemask``. Set ``SPIKEMASK_CACHE_DIR=off`` to disable caching. A cache that
+cannot be written is skipped with a warning; it never makes a read fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["cache_dir", "load_counts", "store_counts"]
+
+_FORMAT_VERSION = "1"
+
+
+def cache_dir() -> Path | None:
+    """The cache folder, or None when caching is disabled."""
+    configured = os.environ.get("SPIKEMASK_CACHE_DIR")
+    if configured is not None:
+        return None if configured.lower() in {"", "0", "off", "none"} else Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "spikemask"
+
+
+def _entry(path: Path) -> Path | None:
+    root = cache_dir()
+    if root is None:
+        return None
+    stat = path.stat()
+    key = f"{_FORMAT_VERSION}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return root / f"{path.stem}-{digest}.npy"
+
+
+def load_counts(path: Path, num_rows: int | None = None) -> np.ndarray | None:
+    """The cached counts of parquet file ``path`` (memory-mapped), or None on a miss."""
+    entry = _entry(path)
+    if entry is None or not entry.exists():
+        return None
+    try:
+        counts = np.load(entry, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if counts.ndim != 3 or (num_rows is not None and counts.shape[0] != num_rows):
+        return None
+    return counts
+
+
+def store_counts(path: Path, counts: np.ndarray) -> None:
+    """Save decoded counts for ``path``; atomic, and silent about an unwritable cache."""
+    entry = _entry(path)
+    if entry is None:
+        return
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=entry.parent)
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, np.ascontiguousarray(counts), allow_pickle=False)
+        os.replace(tmp, entry)
+    except OSError as err:
+        warnings.warn(f"spikemask: spike-count cache not written ({err})", stacklevel=2)

@@ -1,0 +1,179 @@
+"""Model configuration, named presets and the output container.
+
+:class:`ModelConfig` is the single constructor argument of both models
+(:class:`~spikemask.models.ndt1.NDT1` and :class:`~spikemask.models.ndt2.NDT2`); it
+validates itself on construction so a bad value fails before any tensor is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from spikemask.errors import SpikemaskError
+
+__all__ = ["PRESETS", "ModelConfig", "ModelOutput", "model_preset"]
+
+ARCHITECTURES = ("ndt1", "ndt2")
+POSITION_EMBEDDINGS = ("learned", "rotary")
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of an NDT1 / NDT2 masked-modelling transformer.
+
+    Attributes:
+        architecture: ``"ndt1"`` (one token per time bin) or ``"ndt2"`` (space-time patches).
+        width: model width ``D``.
+        num_layers: number of pre-LayerNorm transformer blocks.
+        num_heads: attention heads ``H``; ``width`` must be divisible by it.
+        mlp_width: hidden width of each block's GELU MLP.
+        dropout: dropout on attention weights, MLP output and residual branches.
+        embed_dropout: dropout on the token embeddings entering the encoder.
+        stitch_width: output width ``D_in`` of NDT1's per-session read-in; ``None`` means
+            ``width``. Unused by NDT2.
+        position_embedding: ``"learned"`` (absolute, added to time tokens) or ``"rotary"``
+            (applied to queries and keys inside attention).
+        max_bins: largest number of time bins ``T`` a learned position table covers.
+        session_token: prepend a learned per-session token.
+        prompt_token: prepend a learned per-masking-scheme prompt token.
+        patch_size: NDT2 units per space patch.
+        region_embedding: NDT2 adds a per-patch brain-region embedding.
+        max_space_patches: NDT2 capacity of the space-patch embedding table.
+        max_regions: NDT2 capacity of the region vocabulary.
+    """
+
+    architecture: str = "ndt1"
+    width: int = 512
+    num_layers: int = 5
+    num_heads: int = 8
+    mlp_width: int = 1024
+    dropout: float = 0.4
+    embed_dropout: float = 0.2
+    stitch_width: int | None = None
+    position_embedding: str = "learned"
+    max_bins: int = 512
+    session_token: bool = True
+    prompt_token: bool = True
+    patch_size: int = 128
+    region_embedding: bool = True
+    max_space_patches: int = 64
+    max_regions: int = 256
+
+    def __post_init__(self) -> None:
+        _check_choice("architecture", self.architecture, ARCHITECTURES)
+        _check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
+        for name in (
+            "width",
+            "num_layers",
+            "num_heads",
+            "mlp_width",
+            "max_bins",
+            "patch_size",
+            "max_space_patches",
+            "max_regions",
+        ):
+            _check_positive_int(name, getattr(self, name))
+        if self.stitch_width is not None:
+            _check_positive_int("stitch_width", self.stitch_width)
+        for name in ("dropout", "embed_dropout"):
+            _check_probability(name, getattr(self, name))
+        for name in ("session_token", "prompt_token", "region_embedding"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpikemaskError(
+                    f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}"
+                )
+        if self.width % self.num_heads != 0:
+            raise SpikemaskError(
+                f"ModelConfig.width ({self.width}) must be divisible by num_heads "
+                f"({self.num_heads})"
+            )
+        if self.position_embedding == "rotary" and self.head_width % 2 != 0:
+            raise SpikemaskError(
+                f"rotary position embeddings need an even head width, got width / num_heads "
+                f"= {self.width} / {self.num_heads} = {self.head_width}"
+            )
+
+    @property
+    def head_width(self) -> int:
+        """Width of one attention head, ``width // num_heads``."""
+        return self.width // self.num_heads
+
+    @property
+    def resolved_stitch_width(self) -> int:
+        """``stitch_width``, or ``width`` when it is ``None``."""
+        return self.width if self.stitch_width is None else self.stitch_width
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SpikemaskError(f"ModelConfig.{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SpikemaskError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+
+
+def _check_probability(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise SpikemaskError(f"ModelConfig.{name} must be a number in [0, 1), got {value!r}")
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # The paper's NDT1 / NDT2 size: ~12 M shared parameters for NDT1.
+    "paper": ModelConfig(
+        width=512, num_layers=5, num_heads=8, mlp_width=1024, dropout=0.4, embed_dropout=0.2
+    ),
+    # Trains in minutes on 2 CPU cores for ~40-100 bins x ~700 units.
+    "small": ModelConfig(
+        width=128,
+        num_layers=2,
+        num_heads=4,
+        mlp_width=256,
+        dropout=0.2,
+        embed_dropout=0.1,
+        stitch_width=128,
+    ),
+}
+
+
+def model_preset(name: str, **overrides: object) -> ModelConfig:
+    """Return a fresh copy of a named preset with some fields replaced.
+
+    Args:
+        name: one of ``PRESETS`` (``"paper"``, ``"small"``).
+        **overrides: ``ModelConfig`` fields to replace, e.g. ``architecture="ndt2"``.
+
+    Returns:
+        A new, validated :class:`ModelConfig`.
+
+    Raises:
+        SpikemaskError: unknown preset name or override field, or an invalid value.
+    """
+    if name not in PRESETS:
+        raise SpikemaskError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}")
+    fields = {field.name for field in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise SpikemaskError(
+            f"unknown ModelConfig field(s) {unknown}; expected some of {sorted(fields)}"
+        )
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+@dataclass
+class ModelOutput:
+    """What a model's ``forward`` returns.
+
+    Attributes:
+        log_rates: ``(B, T, N)`` natural-log Poisson rate (expected count per bin) for every
+            time bin and unit of the session.
+        latents: ``(B, T, D)`` final-layer (post final LayerNorm) states of the time-bin
+            tokens; for NDT2 the mean over the space patches of each bin.
+    """
+
+    log_rates: Tensor
+    latents: Tensor

@@ -1,0 +1,164 @@
+"""Session-grouped batches of trials, split across distributed ranks.
+
+Every batch holds trials of a single session (sessions have different units). An epoch is a
+list of *global* batches (session, trial rows); with several processes (DDP) each rank takes
+its own slice of every global batch, so all ranks run the same number of steps and, with the
+loss normalised by the global number of scored entries, the update equals a single-process
+update on the whole global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, Sampler
+
+from spikemask.data.session import TrialSet
+from spikemask.errors import SpikemaskError
+
+__all__ = ["BatchKey", "SessionBatchSampler", "SessionTrialsDataset", "world_info"]
+
+
+def world_info() -> tuple[int, int]:
+    """(rank, world size) of the current process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """One rank's share of a global batch.
+
+    Attributes:
+        session: Index of the session in the dataset's session list.
+        rows: Trial rows (within the split) of this rank's share.
+        offset: Position of this share within the global batch.
+        global_size: Number of trials in the global batch.
+        batch_id: Position of the global batch within the epoch (seeds validation masks).
+    """
+
+    session: int
+    rows: tuple[int, ...]
+    offset: int
+    global_size: int
+    batch_id: int
+
+
+class SessionBatchSampler(Sampler[BatchKey]):
+    """Yields this rank's :class:`BatchKey` for every global batch of an epoch.
+
+    Args:
+        trial_counts: Number of trials of each session in the split.
+        batch_size: Trials per global batch.
+        shuffle: Reshuffle trials and batch order every epoch (training) or not (evaluation).
+        sampling: ``proportional`` (each trial once per epoch) or ``balanced`` (every session
+            gets as many batches as the largest one, drawing extra trials of smaller ones).
+        seed: Seed of the shuffles; epoch ``e`` uses ``(seed, e)``.
+    """
+
+    def __init__(
+        self,
+        trial_counts: Sequence[int],
+        *,
+        batch_size: int,
+        shuffle: bool,
+        sampling: str = "proportional",
+        seed: int = 0,
+    ) -> None:
+        if batch_size <= 0:
+            raise SpikemaskError(f"batch_size={batch_size}; expected a positive integer")
+        self.trial_counts = [int(c) for c in trial_counts]
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.sampling = sampling
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def global_batches(self) -> list[tuple[int, np.ndarray]]:
+        """The epoch's global batches as (session index, trial rows)."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        per_session = [self._session_rows(count, rng) for count in self.trial_counts]
+        batches = [
+            (s, rows[i : i + self.batch_size])
+            for s, rows in enumerate(per_session)
+            for i in range(0, len(rows), self.batch_size)
+        ]
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def _session_rows(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        rows = rng.permutation(count) if self.shuffle else np.arange(count)
+        if self.sampling == "balanced" and self.shuffle:
+            target = max(self.trial_counts)
+            extra = rng.integers(0, count, size=target - count) if count else np.zeros(0, int)
+            rows = np.concatenate([rows, extra])
+        return rows
+
+    def __iter__(self) -> Iterator[BatchKey]:
+        rank, world = world_info()
+        for batch_id, (session, rows) in enumerate(self.global_batches()):
+            if len(rows) < world:  # cannot give every rank a trial: skipped on all ranks
+                continue
+            shares = np.array_split(np.arange(len(rows)), world)
+            share = shares[rank]
+            yield BatchKey(
+                session=session,
+                rows=tuple(int(r) for r in rows[share]),
+                offset=int(share[0]),
+                global_size=len(rows),
+                batch_id=batch_id,
+            )
+
+    def __len__(self) -> int:
+        _, world = world_info()
+        sizes = []
+        for count in self.trial_counts:
+            total = max(self.trial_counts) if self.sampling == "balanced" and self.shuffle else count
+            sizes += [min(self.batch_size, total - i) for i in range(0, total, self.batch_size)]
+        return sum(1 for size in sizes if size >= world)
+
+
+class SessionTrialsDataset(Dataset):
+    """Turns a :class:`BatchKey` into a batch of one session's trials.
+
+    Each item is a dict: ``spikes`` (b, T, N) float32, ``session_id``, ``region_ids`` (N,)
+    int64, and the global-batch bookkeeping ``offset``, ``global_size``, ``batch_id``.
+    """
+
+    def __init__(
+        self,
+        session_ids: Sequence[str],
+        trial_sets: Sequence[TrialSet],
+        region_ids: Sequence[np.ndarray],
+    ) -> None:
+        self.session_ids = list(session_ids)
+        self.trial_sets = list(trial_sets)
+        self.region_ids = [torch.as_tensor(np.asarray(r), dtype=torch.long) for r in region_ids]
+
+    def trial_counts(self) -> list[int]:
+        return [t.num_trials for t in self.trial_sets]
+
+    def __len__(self) -> int:
+        return sum(self.trial_counts())
+
+    def __getitem__(self, key: BatchKey) -> dict:
+        rows = np.asarray(key.rows, dtype=np.int64)
+        counts = np.asarray(self.trial_sets[key.session].spikes[rows], dtype=np.float32)
+        return {
+            "spikes": torch.from_numpy(counts),  # (b, T, N)
+            "session_id": self.session_ids[key.session],
+            "region_ids": self.region_ids[key.session],
+            "offset": key.offset,
+            "global_size": key.global_size,
+            "batch_id": key.batch_id,
+        }

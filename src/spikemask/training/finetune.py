@@ -1,0 +1,125 @@
+"""Fine-tuning a trained model on sessions it has not seen."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from spikemask.config import RunConfig, apply_overrides, parse_set_options
+from spikemask.config import _read_yaml as read_yaml
+from spikemask.data.loading import load_sessions
+from spikemask.data.session import Session
+from spikemask.errors import SpikemaskError
+from spikemask.training.checkpoint import Checkpoint, load_checkpoint
+from spikemask.training.run import TrainResult, fit, session_info
+
+__all__ = ["FINETUNE_MODES", "add_sessions", "finetune", "load_run_checkpoint"]
+
+FINETUNE_MODES = ("full", "session")
+
+
+def load_run_checkpoint(run: str | Path, which: str = "best") -> Checkpoint:
+    """The ``best`` or ``last`` checkpoint of a run folder (or a checkpoint folder itself)."""
+    run = Path(run).expanduser()
+    if which not in ("best", "last"):
+        raise SpikemaskError(f"which={which!r}; expected 'best' or 'last'")
+    folder = run if (run / "model.safetensors").is_file() else run / "checkpoints" / which
+    if not run.exists():
+        raise SpikemaskError(f"run folder {str(run)!r} does not exist")
+    if not folder.is_dir():
+        raise SpikemaskError(
+            f"{str(run)!r} holds no {which!r} checkpoint (expected {str(folder)!r}); is it a "
+            "spikemask run folder whose training finished at least one epoch?"
+        )
+    return load_checkpoint(folder)
+
+
+def add_sessions(checkpoint: Checkpoint, sessions: Sequence[Session]) -> None:
+    """Give the model fresh session layers (stitchers, session token) for new sessions.
+
+    Raises:
+        SpikemaskError: A session the model already has layers for.
+    """
+    for session in sessions:
+        if session.session_id in checkpoint.sessions:
+            raise SpikemaskError(
+                f"session {session.session_id!r} is already in the model (it was trained on it); "
+                "fine-tuning adds unseen sessions — evaluate it directly, or train a new run"
+            )
+    for session in sessions:
+        checkpoint.model.add_session(session.session_id, session.num_units)
+        checkpoint.sessions[session.session_id] = session_info(session)
+    new_regions = [r for s in sessions for r in s.unit_regions]
+    checkpoint.regions = checkpoint.regions.extend(new_regions)
+
+
+def finetune(
+    run: str | Path,
+    data: Sequence[str | Path | Session],
+    out: str | Path,
+    *,
+    mode: str = "full",
+    which: str = "best",
+    config: RunConfig | None = None,
+    config_path: str | Path | None = None,
+    sets: Sequence[str] = (),
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Adapt a trained model to new sessions.
+
+    Args:
+        run: Run folder of the pre-trained model.
+        data: Dataset folders (or sessions) the model has not seen.
+        out: New run folder.
+        mode: ``full`` trains every weight; ``session`` trains only the new sessions'
+            read-in / read-out layers and session tokens (fast, the shared model frozen).
+        which: Start from the run's ``best`` or ``last`` checkpoint.
+        config: Replaces the run's masking / data / training settings (model must match).
+        config_path / sets: YAML file and ``key=value`` overrides applied on top.
+        resume: Continue an interrupted fine-tuning run in ``out``.
+    """
+    if mode not in FINETUNE_MODES:
+        raise SpikemaskError(f"mode={mode!r}; expected one of {FINETUNE_MODES}")
+    checkpoint = load_run_checkpoint(run, which)
+    config = _finetune_config(checkpoint.config, config, config_path, sets)
+    if config.model != checkpoint.config.model:
+        raise SpikemaskError("fine-tuning cannot change the model architecture (model.* keys)")
+    if isinstance(data, str | Path) or not data:
+        data = [data] if data else []
+    sessions = (
+        list(data) if data and isinstance(data[0], Session)
+        else load_sessions(list(data), region_level=config.data.region_level)
+    )
+    if not sessions:
+        raise SpikemaskError("no dataset given to fine-tune on")
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    add_sessions(checkpoint, sessions)
+    trainable = None
+    if mode == "session":
+        model = checkpoint.model
+        trainable = [p for s in sessions for p in model.session_parameters(s.session_id)]
+        keep = {id(p) for p in trainable}
+        for parameter in model.parameters():
+            parameter.requires_grad_(id(parameter) in keep)
+    checkpoint.model.train()
+    record = {"kind": "finetune", "mode": mode, "parent": str(Path(run).resolve()),
+              "sessions": [s.session_id for s in sessions],
+              "sources": [str(s.metadata.get("source", "")) for s in sessions]}
+    return fit(checkpoint.model, sessions, checkpoint.regions, out, config=config,
+               record=record, infos=checkpoint.sessions, trainable=trainable, resume=resume,
+               callbacks=callbacks)
+
+
+def _finetune_config(
+    base: RunConfig, given: RunConfig | None, path: str | Path | None, sets: Sequence[str]
+) -> RunConfig:
+    config = given or base
+    if path is not None:
+        config = apply_overrides(config, read_yaml(Path(path)), where=str(path))
+    if sets:
+        config = apply_overrides(config, parse_set_options(list(sets)), where="--set")
+    return config

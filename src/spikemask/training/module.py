@@ -1,0 +1,163 @@
+"""The Lightning module: masking, Poisson objective, optimiser and per-scheme validation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikemask.config import TrainConfig
+from spikemask.masking import MaskingConfig, MaskingMixture, MaskSpec, apply_mask
+
+__all__ = ["MtMModule", "masked_poisson_nll", "step_generator"]
+
+_TRAIN, _VAL = 1, 2
+
+
+def step_generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded from integer keys (seed, phase, step, ...)."""
+    value = 0
+    for key in keys:  # a simple, stable mixing of the keys into one 63-bit seed
+        value = (value * 1_000_003 + int(key) + 0x9E3779B9) % (2**63 - 1)
+    return torch.Generator().manual_seed(value)
+
+
+def masked_poisson_nll(log_rates: torch.Tensor, spikes: torch.Tensor, scored: torch.Tensor):
+    """Summed Poisson NLL over scored entries and their count.
+
+    Args:
+        log_rates: (B, T, N) predicted log-rates.
+        spikes: (B, T, N) observed counts.
+        scored: (B, T, N) bool, True where the entry counts.
+
+    Returns:
+        (sum of NLL over scored entries, number of scored entries). The log(y!) term is
+        left out: it does not depend on the model.
+    """
+    nll = F.poisson_nll_loss(log_rates.float(), spikes, log_input=True, full=False, reduction="none")
+    return (nll * scored).sum(), scored.sum()
+
+
+class MtMModule(L.LightningModule):
+    """Trains a model with a masking mixture.
+
+    Args:
+        model: An NDT1 / NDT2 module.
+        masking: Which schemes to draw and how.
+        train: Optimisation settings.
+        trainable: Parameters to optimise (default: all); used by session-only fine-tuning.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        masking: MaskingConfig,
+        train: TrainConfig,
+        trainable: Iterable[nn.Parameter] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.masking_config = masking
+        self.mixture = MaskingMixture(masking)
+        self.train_config = train
+        self._trainable = list(trainable) if trainable is not None else None
+        self._val_sums: dict[str, list[torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ steps
+    def _global_mask(
+        self, batch: dict, generator: torch.Generator, scheme: str | None
+    ) -> tuple[MaskSpec, torch.Tensor]:
+        """Mask of the whole global batch sliced to this rank's share, and the global number
+        of scored entries."""
+        spikes = batch["spikes"]
+        shape = (int(batch["global_size"]), spikes.shape[1], spikes.shape[2])
+        region_ids = batch["region_ids"].cpu()
+        if scheme is None:
+            spec = self.mixture.sample(shape, generator=generator, region_ids=region_ids)
+        else:
+            spec = self.mixture.build(scheme, shape, generator=generator, region_ids=region_ids)
+        start = int(batch["offset"])
+        rows = slice(start, start + spikes.shape[0])
+        local = MaskSpec(
+            scheme=spec.scheme,
+            hidden=spec.hidden[rows].to(spikes.device),
+            scored=spec.scored[rows].to(spikes.device),
+            causal=spec.causal,
+        )
+        return local, spec.scored.sum().to(spikes.device)
+
+    def _loss_terms(self, batch: dict, spec: MaskSpec) -> tuple[torch.Tensor, torch.Tensor]:
+        prompt = spec.prompt
+        output = self.model(
+            apply_mask(batch["spikes"], spec),
+            session_id=batch["session_id"],
+            prompt=prompt,
+            causal=spec.causal,
+            region_ids=batch["region_ids"],
+        )
+        return masked_poisson_nll(output.log_rates, batch["spikes"], spec.scored)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # Dropout draws from the global generator: reseed it from (seed, step, rank) so a
+        # resumed run continues exactly as an uninterrupted one would.
+        seed = int(step_generator(self.train_config.seed, _TRAIN, self.global_step,
+                                  self.global_rank).initial_seed())
+        torch.manual_seed(seed)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        generator = step_generator(self.train_config.seed, _TRAIN, self.global_step)
+        spec, global_scored = self._global_mask(batch, generator, scheme=None)
+        total, _ = self._loss_terms(batch, spec)
+        # Normalise by the GLOBAL number of scored entries (known on every rank from the
+        # global mask) so DDP's gradient average equals the single-process gradient.
+        world = self.trainer.world_size if self._trainer is not None else 1
+        loss = total * world / global_scored.clamp_min(1)
+        self.log("train_loss", total.detach() / global_scored.clamp_min(1), reduce_fx="sum",
+                 sync_dist=world > 1, batch_size=int(batch["global_size"]), prog_bar=True)
+        self.log(f"train_loss/{spec.scheme}", total.detach() / global_scored.clamp_min(1),
+                 reduce_fx="sum", sync_dist=world > 1, batch_size=int(batch["global_size"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        for index, scheme in enumerate(self.masking_config.schemes):
+            generator = step_generator(self.train_config.seed, _VAL, int(batch["batch_id"]), index)
+            spec, _ = self._global_mask(batch, generator, scheme=scheme)
+            total, count = self._loss_terms(batch, spec)
+            sums = self._val_sums.setdefault(scheme, [])
+            sums.append(torch.stack([total.detach().double(), count.double()]))
+
+    def on_validation_epoch_end(self) -> None:
+        losses = []
+        for scheme, parts in self._val_sums.items():
+            summed = torch.stack(parts).sum(0)
+            summed = self.trainer.strategy.reduce(summed, reduce_op="sum")
+            loss = (summed[0] / summed[1].clamp_min(1)).float()
+            losses.append(loss)
+            self.log(f"val_loss/{scheme}", loss, sync_dist=False)
+        if losses:
+            self.log("val_loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=False)
+        self._val_sums = {}
+
+    # ------------------------------------------------------------------ optimiser
+    def configure_optimizers(self):
+        params = self._trainable if self._trainable is not None else list(self.parameters())
+        params = [p for p in params if p.requires_grad]
+        cfg = self.train_config
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        total = self.trainer.estimated_stepping_batches
+        if math.isfinite(total) and total > 1:
+            schedule = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=cfg.lr, total_steps=int(total),
+                pct_start=max(cfg.warmup_fraction, 1e-3), anneal_strategy="cos",
+            )
+        else:  # wall-clock budget only: linear warm-up, then constant
+            warmup = 200
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: min(1.0, (step + 1) / warmup)
+            )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,271 @@
+"""Training and fine-tuning runs: the run folder, Lightning's Trainer, resume.
+
+A run folder holds::
+
+    run.json                  what was trained on (sources, session ids, parent run)
+    config.yaml               the resolved configuration
+    checkpoints/best/         safetensors checkpoint with the lowest validation loss
+    checkpoints/last/         safetensors checkpoint of the latest epoch
+    checkpoints/trainer/      Lightning's resume state (optimiser, schedule, loop counters)
+    logs/csv/version_*/       CSV logs (one version per start; a resumed run adds one)
+    logs/tensorboard/         TensorBoard logs
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader
+
+from spikemask.config import RunConfig
+from spikemask.data.loading import load_sessions
+from spikemask.data.regions import RegionVocabulary
+from spikemask.data.session import Session
+from spikemask.errors import SpikemaskError
+from spikemask.masking import SCHEMES
+from spikemask.models import build_model
+from spikemask.training.batches import SessionBatchSampler, SessionTrialsDataset
+from spikemask.training.checkpoint import Checkpoint, SessionInfo, save_checkpoint
+from spikemask.training.module import MtMModule
+
+__all__ = ["TrainResult", "build_dataloader", "fit", "session_info", "train"]
+
+RESUME_DIR = Path("checkpoints") / "trainer"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Summary of a finished (or stopped) run."""
+
+    run_dir: Path
+    best_val_loss: float
+    epochs: int
+    steps: int
+    elapsed_s: float
+
+
+def session_info(session: Session) -> SessionInfo:
+    return SessionInfo(session.session_id, session.unit_ids, session.unit_regions)
+
+
+class ModelFolderCheckpoint(Callback):
+    """Writes safetensors checkpoints ``best`` and ``last`` (rank 0 only)."""
+
+    def __init__(self, run_dir: Path, config: RunConfig, sessions: dict[str, SessionInfo],
+                 regions: RegionVocabulary) -> None:
+        self.run_dir = run_dir
+        self.config = config
+        self.sessions = sessions
+        self.regions = regions
+        self.best = math.inf
+
+    def _save(self, name: str, trainer: L.Trainer, module: MtMModule, val: float) -> None:
+        state = {"epoch": trainer.current_epoch, "step": trainer.global_step, "val_loss": val}
+        checkpoint = Checkpoint(module.model, self.config, self.sessions, self.regions, state)
+        save_checkpoint(self.run_dir / "checkpoints" / name, checkpoint)
+
+    def on_validation_end(self, trainer: L.Trainer, module: MtMModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metric = trainer.callback_metrics.get("val_loss")
+        val = float(metric) if metric is not None else math.nan
+        if trainer.is_global_zero:
+            self._save("last", trainer, module, val)
+            if val < self.best:
+                self._save("best", trainer, module, val)
+        if val < self.best:
+            self.best = val
+
+    def on_train_end(self, trainer: L.Trainer, module: MtMModule) -> None:
+        if trainer.is_global_zero:
+            self._save("last", trainer, module, self.best)
+            if not (self.run_dir / "checkpoints" / "best").exists():
+                self._save("best", trainer, module, self.best)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = float(state_dict.get("best", math.inf))
+
+
+def build_dataloader(
+    sessions: Sequence[Session], region_ids: Sequence[Any], *, split: str, config: RunConfig,
+    shuffle: bool,
+) -> DataLoader:
+    """Session-grouped batches of one split of every session."""
+    dataset = SessionTrialsDataset(
+        [s.session_id for s in sessions], [s.split(split) for s in sessions], region_ids
+    )
+    sampler = SessionBatchSampler(
+        dataset.trial_counts(), batch_size=config.data.batch_size, shuffle=shuffle,
+        sampling=config.data.session_sampling, seed=config.train.seed,
+    )
+    workers = config.data.num_workers
+    return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=workers,
+                      persistent_workers=workers > 0)
+
+
+def _precision(value: str) -> str:
+    if value != "auto":
+        return value if value != "32" else "32-true"
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def _make_trainer(run_dir: Path, config: RunConfig, callbacks: list[Callback]) -> L.Trainer:
+    cfg = config.train
+    # version=None: a resumed run logs into version_1, version_2, ... beside the first part
+    loggers: list[Any] = [CSVLogger(run_dir / "logs", name="csv")]
+    if cfg.tensorboard:
+        try:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            loggers.append(TensorBoardLogger(run_dir / "logs", name="tensorboard"))
+        except (ImportError, ModuleNotFoundError):  # tensorboard is an optional extra
+            pass
+    resume = ModelCheckpoint(dirpath=run_dir / RESUME_DIR, save_last=True, save_top_k=0,
+                             enable_version_counter=False)
+    return L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=cfg.max_epochs if cfg.max_epochs is not None else -1,
+        max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
+        max_time=timedelta(minutes=cfg.max_minutes) if cfg.max_minutes else None,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=_precision(str(cfg.precision)),
+        gradient_clip_val=cfg.gradient_clip or None,
+        log_every_n_steps=cfg.log_every_n_steps,
+        logger=loggers,
+        callbacks=[resume, *callbacks],
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        deterministic=False,
+    )
+
+
+def _check_regions(sessions: Sequence[Session], config: RunConfig) -> None:
+    if not config.masking.needs_regions:
+        return
+    for session in sessions:
+        labelled = {r for r, ok in zip(session.unit_regions, session.labelled_units, strict=True)
+                    if ok}
+        if len(labelled) < 2:
+            raise SpikemaskError(
+                f"session {session.session_id!r} has {len(labelled)} labelled region(s); the "
+                f"masking schemes {list(config.masking.schemes)} include region masking, which "
+                "needs units from at least two regions (use --masking temporal/neuron/causal)"
+            )
+
+
+def _prepare_run_dir(out: Path, config: RunConfig, record: dict[str, Any], resume: bool) -> Path:
+    out = Path(out).expanduser()
+    saved = out / "config.yaml"
+    if resume:
+        if not (out / RESUME_DIR / "last.ckpt").is_file():
+            raise SpikemaskError(f"--resume: {str(out)!r} holds no interrupted run to resume")
+        if yaml.safe_load(saved.read_text()) != config.to_dict():
+            raise SpikemaskError(
+                f"--resume: the configuration differs from the one saved in {str(saved)!r}; "
+                "resume with the same options or start a new --out folder"
+            )
+        return out
+    if out.exists() and any(out.iterdir()):
+        raise SpikemaskError(
+            f"output folder {str(out)!r} is not empty; choose a new --out or pass --resume "
+            "to continue an interrupted run there"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    (out / "run.json").write_text(json.dumps(record, indent=1))
+    return out
+
+
+def fit(
+    model: nn.Module,
+    sessions: Sequence[Session],
+    regions: RegionVocabulary,
+    out: str | Path,
+    *,
+    config: RunConfig,
+    record: dict[str, Any],
+    infos: dict[str, SessionInfo] | None = None,
+    trainable: list[nn.Parameter] | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Train ``model`` on ``sessions`` into run folder ``out`` (the shared core of train and
+    finetune)."""
+    _check_regions(sessions, config)
+    run_dir = _prepare_run_dir(Path(out), config, record, resume)
+    region_ids = [regions.encode(s.unit_regions) for s in sessions]
+    train_loader = build_dataloader(sessions, region_ids, split="train", config=config, shuffle=True)
+    val_loader = build_dataloader(sessions, region_ids, split="val", config=config, shuffle=False)
+    infos = infos or {s.session_id: session_info(s) for s in sessions}
+    saver = ModelFolderCheckpoint(run_dir, config, infos, regions)
+    module = MtMModule(model, masking=config.masking, train=config.train, trainable=trainable)
+    trainer = _make_trainer(run_dir, config, [saver, *callbacks])
+    ckpt = run_dir / RESUME_DIR / "last.ckpt" if resume else None
+    start = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
+    return TrainResult(run_dir, saver.best, trainer.current_epoch, trainer.global_step,
+                       time.perf_counter() - start)
+
+
+def train(
+    data: Sequence[str | Path | Session],
+    out: str | Path,
+    *,
+    config: RunConfig | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Train a new model on one or many sessions.
+
+    Args:
+        data: Dataset folders (or a ``.txt`` file listing them, or loaded sessions).
+        out: New run folder (or the folder of an interrupted run with ``resume=True``).
+        config: Resolved run configuration (default: the ``small`` preset).
+        resume: Continue the interrupted run in ``out`` exactly where its last epoch ended.
+        callbacks: Extra Lightning callbacks.
+    """
+    from spikemask.config import run_preset
+
+    config = config or run_preset("small")
+    sessions = _as_sessions(data, config)
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    regions = RegionVocabulary.from_sessions(sessions)
+    model = build_model(
+        config.model, sessions={s.session_id: s.num_units for s in sessions},
+        num_prompts=len(SCHEMES),
+    )
+    record = {"kind": "train", "sessions": [s.session_id for s in sessions],
+              "sources": [str(s.metadata.get("source", "")) for s in sessions]}
+    return fit(model, sessions, regions, out, config=config, record=record, resume=resume,
+               callbacks=callbacks)
+
+
+def _as_sessions(data: Sequence[str | Path | Session], config: RunConfig) -> list[Session]:
+    if data and all(isinstance(d, Session) for d in data):
+        return list(data)  # type: ignore[arg-type]
+    if any(isinstance(d, Session) for d in data):
+        raise SpikemaskError("pass either dataset folders or Session objects, not both")
+    return load_sessions(list(data), region_level=config.data.region_level)  # type: ignore[arg-type]

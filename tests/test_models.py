@@ -1,0 +1,376 @@
+"""Tests for spikemask.models (NDT1 / NDT2, shared layers, config)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spikemask.errors import SpikemaskError
+from spikemask.models import NDT1, NDT2, PRESETS, ModelConfig, build_model, model_preset
+from spikemask.models.layers import (
+    INITIAL_RATE,
+    RotaryEmbedding,
+    apply_rotary,
+    build_attention_mask,
+)
+
+BATCH, BINS, UNITS, WIDTH = 3, 7, 11, 32
+VARIANTS = [
+    ("ndt1", "learned"),
+    ("ndt1", "rotary"),
+    ("ndt2", "learned"),
+    ("ndt2", "rotary"),
+]
+
+
+def tiny_config(architecture: str = "ndt1", position_embedding: str = "learned", **overrides):
+    fields = {
+        "architecture": architecture,
+        "width": WIDTH,
+        "num_layers": 2,
+        "num_heads": 2,
+        "mlp_width": 48,
+        "dropout": 0.3,
+        "embed_dropout": 0.2,
+        "stitch_width": 24,
+        "position_embedding": position_embedding,
+        "max_bins": 16,
+        "patch_size": 4,  # 11 units -> 3 patches, one unit of padding
+        "max_space_patches": 8,
+        "max_regions": 6,
+    }
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def tiny_model(architecture="ndt1", position_embedding="learned", sessions=None, **overrides):
+    return build_model(
+        tiny_config(architecture, position_embedding, **overrides),
+        sessions=sessions if sessions is not None else {"sess-a": UNITS, "sess-b": 5},
+        num_prompts=3,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def poisson_spikes(seed: int = 1, shape=(BATCH, BINS, UNITS), rate: float = 0.7) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.poisson(torch.full(shape, rate), generator=generator)
+
+
+REGION_IDS = torch.tensor([0, 1, -1, 2, 2, 2, 3, 3, -1, -1, 5])
+
+
+@pytest.mark.parametrize(("architecture", "position_embedding"), VARIANTS)
+def test_forward_shapes_and_initial_rates(architecture, position_embedding):
+    model = tiny_model(architecture, position_embedding).eval()
+    spikes = poisson_spikes()
+    before = spikes.clone()
+    output = model(spikes, session_id="sess-a", prompt=1, region_ids=REGION_IDS)
+    assert output.log_rates.shape == (BATCH, BINS, UNITS)
+    assert output.latents.shape == (BATCH, BINS, WIDTH)
+    assert torch.isfinite(output.log_rates).all()
+    # Read-out bias starts at log(0.05): initial rates are small.
+    assert abs(output.log_rates.mean().item() - math.log(INITIAL_RATE)) < 1.0
+    assert torch.equal(spikes, before)  # input not mutated
+    small = model(poisson_spikes(shape=(2, 4, 5)), session_id="sess-b", prompt=0)
+    assert small.log_rates.shape == (2, 4, 5)
+
+
+@pytest.mark.parametrize("architecture", ["ndt1", "ndt2"])
+def test_unknown_session_names_id_and_known_ones(architecture):
+    model = tiny_model(architecture)
+    with pytest.raises(SpikemaskError, match=r"unknown session id 'nope'.*'sess-a', 'sess-b'"):
+        model(poisson_spikes(), session_id="nope", prompt=0)
+    many = tiny_model(architecture, sessions={f"s{i}": 3 for i in range(25)})
+    with pytest.raises(SpikemaskError, match=r"25 session\(s\).*'s9', \.\.\. \(15 more\)"):
+        many.num_units("nope")
+
+
+@pytest.mark.parametrize("architecture", ["ndt1", "ndt2"])
+def test_unit_count_mismatch_is_an_error(architecture):
+    model = tiny_model(architecture)
+    with pytest.raises(SpikemaskError, match="session 'sess-b' has 5 units but spikes have 11"):
+        model(poisson_spikes(), session_id="sess-b", prompt=0)
+
+
+@pytest.mark.parametrize(
+    ("spikes", "kwargs", "message"),
+    [
+        (torch.zeros(BATCH, UNITS), {"prompt": 0}, "must be a \\(batch, time, units\\)"),
+        (torch.zeros(BATCH, BINS, UNITS, dtype=torch.long), {"prompt": 0}, "float tensor"),
+        (torch.zeros(BATCH, 17, UNITS), {"prompt": 0}, "max_bins = 16"),
+        (torch.zeros(BATCH, BINS, UNITS), {}, "prompt must be an int in \\[0, 3\\)"),
+        (torch.zeros(BATCH, BINS, UNITS), {"prompt": 3}, "got 3"),
+        (torch.zeros(BATCH, BINS, UNITS), {"prompt": True}, "got True"),
+        (torch.zeros(BATCH, BINS, UNITS), {"prompt": 1.0}, "got 1.0"),
+    ],
+)
+@pytest.mark.parametrize("architecture", ["ndt1", "ndt2"])
+def test_bad_forward_inputs(architecture, spikes, kwargs, message):
+    model = tiny_model(architecture)
+    with pytest.raises(SpikemaskError, match=message):
+        model(spikes, session_id="sess-a", **kwargs)
+
+
+@pytest.mark.parametrize("architecture", ["ndt1", "ndt2"])
+def test_add_session_creates_only_new_parameters(architecture):
+    model = tiny_model(architecture)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    model.add_session("sess.c/with dots", UNITS, generator=torch.Generator().manual_seed(5))
+    after = model.state_dict()
+    new_keys = set(after) - set(before)
+    assert new_keys and all(key.startswith("session_adapters.2.") for key in new_keys)
+    assert all(torch.equal(after[key], value) for key, value in before.items())
+    assert model.session_ids == ["sess-a", "sess-b", "sess.c/with dots"]
+    assert model.num_units("sess.c/with dots") == UNITS
+    assert model.sessions == {"sess-a": UNITS, "sess-b": 5, "sess.c/with dots": UNITS}
+    new_ids = {id(p) for p in model.session_parameters("sess.c/with dots")}
+    assert new_ids == {id(p) for p in model.session_adapters[2].parameters()}
+    old_ids = {id(p) for name, p in model.named_parameters() if "adapters.2." not in name}
+    assert not new_ids & old_ids
+    output = model.eval()(poisson_spikes(), session_id="sess.c/with dots", prompt=2)
+    assert output.log_rates.shape == (BATCH, BINS, UNITS)
+    with pytest.raises(SpikemaskError, match="already in the model"):
+        model.add_session("sess-a", UNITS)
+    with pytest.raises(SpikemaskError, match="positive int"):
+        model.add_session("sess-d", 0)
+
+
+def test_ndt1_session_parameters_are_the_stitchers_and_token():
+    model = tiny_model("ndt1")
+    shapes = sorted(tuple(p.shape) for p in model.session_parameters("sess-b"))
+    assert shapes == sorted([(WIDTH,), (24, 5), (24,), (5, WIDTH), (5,)])
+
+
+@pytest.mark.parametrize("architecture", ["ndt1", "ndt2"])
+def test_sessions_with_equal_unit_counts_get_distinct_layers(architecture):
+    model = tiny_model(architecture, sessions={"x": UNITS, "y": UNITS}).eval()
+    params_x, params_y = model.session_parameters("x"), model.session_parameters("y")
+    assert len(params_x) == len(params_y) > 0
+    for param_x, param_y in zip(params_x, params_y, strict=True):
+        assert param_x is not param_y
+    assert not torch.equal(params_x[0], params_y[0])  # independently initialised tokens
+    spikes = poisson_spikes()
+    out_x = model(spikes, session_id="x", prompt=0).log_rates
+    out_y = model(spikes, session_id="y", prompt=0).log_rates
+    assert not torch.allclose(out_x, out_y)
+
+
+@pytest.mark.parametrize(("architecture", "position_embedding"), VARIANTS)
+def test_causal_mode_does_not_leak_future_bins(architecture, position_embedding):
+    model = tiny_model(architecture, position_embedding).eval()
+    spikes = poisson_spikes()
+    with torch.no_grad():
+        for causal in (True, False):
+            reference = model(spikes, session_id="sess-a", prompt=2, causal=causal)
+            for last_seen in range(BINS - 1):
+                perturbed = spikes.clone()
+                perturbed[:, last_seen + 1 :] += 3.0
+                output = model(perturbed, session_id="sess-a", prompt=2, causal=causal)
+                past = slice(0, last_seen + 1)
+                same_rates = torch.allclose(
+                    output.log_rates[:, past], reference.log_rates[:, past], atol=1e-6
+                )
+                same_latents = torch.allclose(
+                    output.latents[:, past], reference.latents[:, past], atol=1e-6
+                )
+                assert same_rates == causal and same_latents == causal
+                assert not torch.allclose(output.log_rates, reference.log_rates)
+
+
+def test_build_attention_mask_values():
+    # 2 special tokens, 3 one-bin tokens.
+    allowed = build_attention_mask(2, 3, causal=True)
+    expected = torch.tensor(
+        [
+            [1, 1, 0, 0, 0],
+            [1, 1, 0, 0, 0],
+            [1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 0],
+            [1, 1, 1, 1, 1],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(allowed, expected)
+    # Patches: two tokens per bin, bins [0, 0, 1, 1]; tokens of one bin see each other.
+    patches = build_attention_mask(1, torch.tensor([0, 0, 1, 1]), causal=True)
+    expected_patches = [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
+    assert patches[1:, 1:].int().tolist() == expected_patches
+    assert patches[0].tolist() == [True, False, False, False, False]
+    assert build_attention_mask(2, 3, causal=False).all()
+
+
+def test_rotary_scores_depend_only_on_position_difference():
+    rotary = RotaryEmbedding(8)
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(1, 1, 1, 8, generator=generator).expand(1, 1, 4, 8)
+    key = torch.randn(1, 1, 1, 8, generator=generator).expand(1, 1, 4, 8)
+    cos, sin = rotary(torch.tensor([0, 3, 5, 8]))
+    rotated_query, rotated_key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+    assert torch.allclose(rotated_query.norm(dim=-1), query.norm(dim=-1), atol=1e-6)
+    scores = (rotated_query @ rotated_key.transpose(-1, -2))[0, 0]  # (4, 4)
+    # positions 0->3 and 5->8 are both 3 apart; 0->0 is the unrotated dot product
+    assert torch.allclose(scores[0, 1], scores[2, 3], atol=1e-5)
+    assert torch.allclose(scores[0, 0], (query[0, 0, 0] * key[0, 0, 0]).sum(), atol=1e-6)
+    assert not torch.allclose(scores[0, 1], scores[0, 2], atol=1e-3)
+
+
+@pytest.mark.parametrize("architecture", ["ndt1", "ndt2"])
+def test_eval_is_deterministic_and_train_uses_dropout(architecture):
+    model = tiny_model(architecture)
+    twin = tiny_model(architecture)  # same generator seed -> same weights
+    for (name, value), (_, twin_value) in zip(
+        model.state_dict().items(), twin.state_dict().items(), strict=True
+    ):
+        assert torch.equal(value, twin_value), name
+    spikes = poisson_spikes()
+    model.eval()
+    first = model(spikes, session_id="sess-a", prompt=0).log_rates
+    assert torch.equal(first, model(spikes, session_id="sess-a", prompt=0).log_rates)
+    model.train()
+    torch.manual_seed(0)
+    noisy_1 = model(spikes, session_id="sess-a", prompt=0).log_rates
+    noisy_2 = model(spikes, session_id="sess-a", prompt=0).log_rates
+    assert not torch.allclose(noisy_1, noisy_2)
+    assert not torch.allclose(noisy_1, first)
+
+
+@pytest.mark.parametrize("architecture", ["ndt1", "ndt2"])
+def test_prompt_and_session_tokens_matter_and_can_be_disabled(architecture):
+    model = tiny_model(architecture).eval()
+    spikes = poisson_spikes()
+    prompt_0 = model(spikes, session_id="sess-a", prompt=0).log_rates
+    numpy_prompt = model(spikes, session_id="sess-a", prompt=np.int64(0)).log_rates
+    assert torch.equal(prompt_0, numpy_prompt)
+    assert not torch.allclose(prompt_0, model(spikes, session_id="sess-a", prompt=1).log_rates)
+    bare = tiny_model(architecture, session_token=False, prompt_token=False).eval()
+    assert bare.num_special_tokens == 0
+    # without prompt tokens the prompt argument is ignored
+    out_none = bare(spikes, session_id="sess-a").log_rates
+    assert torch.equal(out_none, bare(spikes, session_id="sess-a", prompt=2).log_rates)
+
+
+def test_ndt2_region_embedding():
+    model = tiny_model("ndt2").eval()
+    spikes = poisson_spikes()
+    with_regions = model(spikes, session_id="sess-a", prompt=0, region_ids=REGION_IDS).log_rates
+    without = model(spikes, session_id="sess-a", prompt=0).log_rates
+    unlabelled = torch.full((UNITS,), -1)
+    all_unlabelled = model(spikes, session_id="sess-a", prompt=0, region_ids=unlabelled)
+    assert torch.allclose(all_unlabelled.log_rates, without)
+    assert not torch.allclose(with_regions, without)
+    # regions are used per patch: changing a unit of patch 2 (units 8-10) only relabels it
+    relabelled = REGION_IDS.clone()
+    relabelled[10] = 4
+    changed = model(spikes, session_id="sess-a", prompt=0, region_ids=relabelled).log_rates
+    assert not torch.allclose(changed, with_regions)
+    # NDT1 accepts and ignores region ids
+    ndt1 = tiny_model("ndt1").eval()
+    plain = ndt1(spikes, session_id="sess-a", prompt=0).log_rates
+    assert torch.equal(
+        plain, ndt1(spikes, session_id="sess-a", prompt=0, region_ids=REGION_IDS).log_rates
+    )
+
+
+@pytest.mark.parametrize(
+    ("region_ids", "message"),
+    [
+        (torch.zeros(UNITS + 1, dtype=torch.long), "shape \\(11,\\)"),
+        (torch.zeros(UNITS), "must be integers"),
+        (torch.full((UNITS,), 6), "< config.max_regions = 6"),
+    ],
+)
+def test_ndt2_bad_region_ids(region_ids, message):
+    model = tiny_model("ndt2")
+    with pytest.raises(SpikemaskError, match=message):
+        model(poisson_spikes(), session_id="sess-a", prompt=0, region_ids=region_ids)
+
+
+def test_ndt2_too_many_space_patches():
+    with pytest.raises(SpikemaskError, match="33 units make 9 patches"):
+        tiny_model("ndt2", sessions={"big": 33})
+
+
+@pytest.mark.parametrize("architecture", ["ndt1", "ndt2"])
+def test_adam_steps_reduce_poisson_nll(architecture):
+    torch.manual_seed(0)  # dropout draws
+    model = tiny_model(architecture, dropout=0.0, embed_dropout=0.0)
+    generator = torch.Generator().manual_seed(3)
+    rates = torch.rand(1, 1, UNITS, generator=generator) * 2 + 0.1  # per-unit rates
+    spikes = torch.poisson(rates.expand(4, BINS, UNITS).contiguous(), generator=generator)
+
+    def loss() -> torch.Tensor:
+        log_rates = model(spikes, session_id="sess-a", prompt=0).log_rates
+        return F.poisson_nll_loss(log_rates, spikes, log_input=True)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    initial = loss().item()
+    for _ in range(12):
+        optimizer.zero_grad()
+        value = loss()
+        value.backward()
+        optimizer.step()
+    assert loss().item() < 0.6 * initial  # ~0.3x in practice
+
+
+def test_paper_preset_has_about_12m_shared_parameters():
+    model = build_model(PRESETS["paper"], sessions={"s": 700}, num_prompts=4)
+    shared = sum(
+        p.numel() for name, p in model.named_parameters() if not name.startswith("session_")
+    )
+    assert 10e6 < shared < 14e6  # 11.3 M at max_bins 512
+    assert isinstance(model, NDT1)
+    assert isinstance(build_model(tiny_config("ndt2"), sessions={}, num_prompts=1), NDT2)
+
+
+def test_model_preset():
+    small = model_preset("small", architecture="ndt2", position_embedding="rotary")
+    assert (small.architecture, small.width, small.num_layers) == ("ndt2", 128, 2)
+    assert PRESETS["small"].architecture == "ndt1"  # preset not mutated
+    with pytest.raises(SpikemaskError, match=r"unknown model preset 'huge'.*\['paper', 'small'\]"):
+        model_preset("huge")
+    with pytest.raises(SpikemaskError, match=r"unknown ModelConfig field\(s\) \['depth'\]"):
+        model_preset("small", depth=3)
+    with pytest.raises(SpikemaskError, match="num_heads"):
+        model_preset("small", num_heads=3)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"architecture": "ndt3"}, "architecture must be one of \\['ndt1', 'ndt2'\\]"),
+        ({"position_embedding": "sinusoidal"}, "position_embedding must be one of"),
+        ({"width": 30, "num_heads": 4}, "width \\(30\\) must be divisible by num_heads \\(4\\)"),
+        ({"width": 0}, "width must be a positive integer, got 0"),
+        ({"num_layers": 2.5}, "num_layers must be a positive integer"),
+        ({"max_bins": True}, "max_bins must be a positive integer"),
+        ({"stitch_width": -1}, "stitch_width must be a positive integer"),
+        ({"dropout": 1.0}, "dropout must be a number in \\[0, 1\\)"),
+        ({"embed_dropout": -0.1}, "embed_dropout must be a number in \\[0, 1\\)"),
+        ({"session_token": "yes"}, "session_token must be a bool"),
+        ({"width": 6, "num_heads": 2, "position_embedding": "rotary"}, "even head width"),
+    ],
+)
+def test_config_validation(overrides, message):
+    with pytest.raises(SpikemaskError, match=message):
+        ModelConfig(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sessions": {"a": UNITS}, "num_prompts": 0}, "num_prompts must be >= 1"),
+        ({"sessions": {"a": UNITS}, "num_prompts": -1}, "non-negative int"),
+        ({"sessions": [("a", UNITS)], "num_prompts": 1}, "sessions must be a mapping"),
+        ({"sessions": {"": UNITS}, "num_prompts": 1}, "non-empty string"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, message):
+    with pytest.raises(SpikemaskError, match=message):
+        NDT1(tiny_config(), **kwargs)
+    with pytest.raises(SpikemaskError, match="must be a ModelConfig"):
+        build_model({"architecture": "ndt1"}, sessions={}, num_prompts=1)

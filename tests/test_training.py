@@ -1,0 +1,205 @@
+"""Training, checkpoints, resume and fine-tuning on tiny sessions (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import make_session
+from safetensors.torch import load_file, save_file
+
+from spikemask.api import load_run
+from spikemask.config import load_config
+from spikemask.errors import SpikemaskError
+from spikemask.training.checkpoint import load_checkpoint
+from spikemask.training.finetune import finetune
+from spikemask.training.run import train
+
+TINY = [
+    "model.width=32", "model.num_layers=1", "model.num_heads=2", "model.mlp_width=48",
+    "model.stitch_width=16", "model.dropout=0.0", "model.embed_dropout=0.0",
+    "data.batch_size=4", "train.progress_bar=false", "train.tensorboard=false",
+    "train.log_every_n_steps=1", "train.lr=0.01",
+]
+
+
+def tiny_config(*extra: str):
+    return load_config(preset="small", sets=[*TINY, *extra])
+
+
+def _losses(run_dir, column="train_loss"):
+    parts = sorted((run_dir / "logs" / "csv").glob("version_*/metrics.csv"),
+                   key=lambda p: int(p.parent.name.split("_")[1]))
+    frame = pd.concat([pd.read_csv(p) for p in parts])
+    return frame[column].dropna().to_numpy()
+
+
+def test_loss_decreases_on_a_session_with_structure(tmp_path):
+    session = make_session(num_units=13, trials=(24, 6, 6), rate=0.6)
+    result = train([session], tmp_path / "run", config=tiny_config("train.max_epochs=8"))
+    losses = _losses(result.run_dir)
+    assert losses[-6:].mean() < losses[:6].mean() - 0.02
+    val = _losses(result.run_dir, "val_loss")
+    assert val[-1] < val[0]
+    assert (result.run_dir / "checkpoints" / "best" / "model.safetensors").is_file()
+    assert result.best_val_loss == pytest.approx(val.min(), rel=1e-5)
+
+
+def test_same_seed_same_run_different_seed_different(tmp_path):
+    session = make_session()
+    runs = [train([session], tmp_path / f"r{i}", config=tiny_config("train.max_steps=4",
+                                                                     f"train.seed={seed}"))
+            for i, seed in enumerate([3, 3, 4])]
+    weights = [load_file(r.run_dir / "checkpoints" / "last" / "model.safetensors") for r in runs]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+class StopAfter(L.Callback):
+    """Simulates an interruption: stop after ``epochs`` epochs of a longer run."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    session = make_session()
+    extra = ("train.max_epochs=4", "model.dropout=0.2")
+    full = train([session], tmp_path / "full", config=tiny_config(*extra))
+    train([session], tmp_path / "cut", config=tiny_config(*extra), callbacks=[StopAfter(2)])
+    resumed = train([session], tmp_path / "cut", config=tiny_config(*extra), resume=True)
+    assert resumed.epochs == full.epochs
+    a = load_file(full.run_dir / "checkpoints" / "last" / "model.safetensors")
+    b = load_file(resumed.run_dir / "checkpoints" / "last" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(_losses(full.run_dir, "val_loss"),
+                               _losses(resumed.run_dir, "val_loss"), rtol=1e-5)
+
+
+def test_resume_errors(tmp_path):
+    session = make_session()
+    with pytest.raises(SpikemaskError, match="holds no interrupted run"):
+        train([session], tmp_path / "none", config=tiny_config("train.max_steps=1"), resume=True)
+    train([session], tmp_path / "r", config=tiny_config("train.max_steps=1"))
+    with pytest.raises(SpikemaskError, match="is not empty"):
+        train([session], tmp_path / "r", config=tiny_config("train.max_steps=1"))
+    with pytest.raises(SpikemaskError, match="configuration differs"):
+        train([session], tmp_path / "r", config=tiny_config("train.max_steps=2"), resume=True)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("trained") / "run"
+    train([make_session()], folder, config=tiny_config("train.max_steps=3"))
+    return folder
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(trained_run, tmp_path):
+    session = make_session()
+    model = load_run(trained_run)
+    again = load_run(trained_run)
+    a = model.predict(session, masking="neuron", seed=1)
+    b = again.predict(session, masking="neuron", seed=1)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (5, 7, 11) and np.isfinite(a).all()
+    assert model.latents(session).shape == (5, 7, 32)
+    checkpoint = load_checkpoint(trained_run / "checkpoints" / "best")
+    assert list(checkpoint.sessions) == ["tiny"] and "VISp" in checkpoint.regions
+
+
+def test_corrupted_and_mismatched_checkpoints(trained_run, tmp_path):
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(trained_run / "checkpoints" / "best", folder)
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(SpikemaskError, match="corrupted"):
+        load_checkpoint(folder)
+    shutil.rmtree(folder)
+    shutil.copytree(trained_run / "checkpoints" / "best", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model"]["width"] = 64
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SpikemaskError, match="different config or vocabulary"):
+        load_checkpoint(folder)
+    shutil.rmtree(folder)
+    shutil.copytree(trained_run / "checkpoints" / "best", folder)
+    save_file({"x": torch.zeros(1)}, str(folder / "model.safetensors"))
+    with pytest.raises(SpikemaskError, match="not a spikemask checkpoint"):
+        load_checkpoint(folder)
+    (folder / "vocab.json").unlink()
+    with pytest.raises(SpikemaskError, match="vocab.json' is missing"):
+        load_checkpoint(folder)
+
+
+def test_unknown_session_and_wrong_units(trained_run):
+    model = load_run(trained_run)
+    with pytest.raises(SpikemaskError, match="'other' is not in this model"):
+        model.predict(make_session(session_id="other"))
+    with pytest.raises(SpikemaskError, match="has 12 units but the model's layers for it have 11"):
+        model.predict(make_session(num_units=12))
+
+
+def test_finetune_adds_a_session_and_session_mode_freezes_the_rest(trained_run, tmp_path):
+    new = make_session(session_id="new", num_units=9, seed=5)
+    config = tiny_config("train.max_steps=3")
+    result = finetune(trained_run, [new], tmp_path / "ft", mode="session", config=config)
+    before = load_file(trained_run / "checkpoints" / "best" / "model.safetensors")
+    after = load_checkpoint(result.run_dir / "checkpoints" / "last")
+    assert list(after.sessions) == ["tiny", "new"]
+    state = after.model.state_dict()
+    shared = [k for k in before if k in state]
+    assert shared and all(torch.equal(before[k], state[k]) for k in shared)
+    assert len(state) > len(before)
+    model = load_run(result.run_dir, which="last")
+    assert model.predict(new).shape == (5, 7, 9)
+
+
+def test_finetune_full_changes_shared_weights(trained_run, tmp_path):
+    new = make_session(session_id="new", num_units=9, seed=5)
+    result = finetune(trained_run, [new], tmp_path / "ft", mode="full",
+                      config=tiny_config("train.max_steps=3"))
+    before = load_file(trained_run / "checkpoints" / "best" / "model.safetensors")
+    after = load_checkpoint(result.run_dir / "checkpoints" / "last").model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_finetune_errors(trained_run, tmp_path):
+    with pytest.raises(SpikemaskError, match="already in the model"):
+        finetune(trained_run, [make_session()], tmp_path / "a", config=tiny_config())
+    with pytest.raises(SpikemaskError, match="does not exist"):
+        finetune(trained_run, [tmp_path / "missing"], tmp_path / "b", config=tiny_config())
+    with pytest.raises(SpikemaskError, match="mode='half'"):
+        finetune(trained_run, [make_session(session_id="x")], tmp_path / "c", mode="half")
+    with pytest.raises(SpikemaskError, match="run folder .* does not exist"):
+        finetune(tmp_path / "norun", [make_session(session_id="x")], tmp_path / "d")
+
+
+def test_region_masking_needs_regions(tmp_path):
+    session = make_session(regions=("root",))
+    with pytest.raises(SpikemaskError, match="has 0 labelled region"):
+        train([session], tmp_path / "r", config=tiny_config("train.max_steps=1"))
+    # without region schemes the same session trains
+    result = train([session], tmp_path / "t", config=tiny_config(
+        "train.max_steps=1", "masking.schemes=[temporal]"))
+    assert result.steps == 1
+
+
+def test_two_sessions_with_equal_unit_counts_get_their_own_layers(tmp_path):
+    a, b = make_session(session_id="a"), make_session(session_id="b", seed=2)
+    result = train([a, b], tmp_path / "r", config=tiny_config("train.max_steps=4"))
+    checkpoint = load_checkpoint(result.run_dir / "checkpoints" / "last")
+    assert list(checkpoint.sessions) == ["a", "b"]
+    x = torch.as_tensor(a.split("test").spikes, dtype=torch.float32)
+    out_a = checkpoint.model(x, session_id="a", prompt=1).log_rates
+    out_b = checkpoint.model(x, session_id="b", prompt=1).log_rates
+    assert not torch.allclose(out_a, out_b)

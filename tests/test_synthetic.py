@@ -37,6 +37,12 @@ def sessions():
     return generate_sessions(4, seed=11, config=SMALL)
 
 
+@pytest.fixture(scope="module")
+def written(sessions, tmp_path_factory):
+    """The first two sessions written to disk: their folders."""
+    return write_synthetic(sessions[:2], tmp_path_factory.mktemp("synthetic"))
+
+
 def _all_trials(item, name: str) -> np.ndarray:
     """A per-trial behaviour value over all splits, in split order."""
     return np.concatenate([item.session.split(s).trial_behavior[name] for s in SPLITS])
@@ -83,26 +89,25 @@ def test_same_seed_gives_the_same_data_and_another_seed_does_not():
 
 def test_asking_for_more_sessions_keeps_the_first_ones():
     one = generate_sessions(1, seed=5, config=SMALL)[0]
-    first_of_three = generate_sessions(3, seed=5, config=SMALL)[0]
+    first_of_two = generate_sessions(2, seed=5, config=SMALL)[0]
     np.testing.assert_array_equal(
-        one.session.split("test").spikes, first_of_three.session.split("test").spikes
+        one.session.split("test").spikes, first_of_two.session.split("test").spikes
     )
 
 
 def test_written_output_is_byte_identical_for_the_same_seed(tmp_path):
-    dirs = [synthesize(tmp_path / name, num_sessions=2, seed=3, config=SMALL) for name in "ab"]
+    dirs = [synthesize(tmp_path / name, num_sessions=1, seed=3, config=SMALL) for name in "ab"]
     files = [sorted(p.relative_to(tmp_path / n) for p in (tmp_path / n).rglob("*") if p.is_file())
              for n in "ab"]  # fmt: skip
-    assert files[0] == files[1] and len(files[0]) == 2 * (3 + 3 + 3 + 1)
+    assert files[0] == files[1] and len(files[0]) == 3 + 3 + 3 + 1
     for rel in files[0]:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
-    assert [d.name for d in dirs[0]] == ["synth-3-00", "synth-3-01"]
+    assert [d.name for d in dirs[0]] == ["synth-3-00"]
 
 
 # ----------------------------------------------------------------------------- disk layout
-def test_written_sessions_read_back_identically(tmp_path, sessions):
-    folders = write_synthetic(sessions[:2], tmp_path)
-    for item, folder in zip(sessions[:2], folders, strict=True):
+def test_written_sessions_read_back_identically(sessions, written):
+    for item, folder in zip(sessions[:2], written, strict=True):
         assert (folder / "data" / "test-00000-of-00001.parquet").is_file()
         back = read_session(folder, cache=False)
         assert back.session_id == item.session.session_id
@@ -267,10 +272,9 @@ def test_bad_arguments_are_refused(kwargs, message):
         generate_sessions(kwargs.pop("num_sessions"), config=SMALL, **kwargs)
 
 
-def test_config_is_recorded_in_the_truth(tmp_path):
-    folder = synthesize(tmp_path / "out", num_sessions=1, seed=2, config=SMALL)[0]
-    truth = json.loads(Path(folder / "truth" / "truth.json").read_text())
-    assert truth["seed"] == 2 and truth["config"]["num_bins"] == 37
-    assert truth["config"]["units_per_region"] == [9, 13]
+def test_config_is_recorded_in_the_truth(written):
+    truth = json.loads(Path(written[1] / "truth" / "truth.json").read_text())
+    assert truth["seed"] == 11 and truth["session_index"] == 1
+    assert truth["config"]["num_bins"] == 37 and truth["config"]["units_per_region"] == [9, 13]
     assert {"source": "LGd", "target": "VISp", "strength": 1.5} in truth["edges"]
-    assert set(truth["recorded_regions"]) == set(read_session(folder, cache=False).region_names)
+    assert set(truth["recorded_regions"]) == set(read_session(written[1], cache=False).region_names)

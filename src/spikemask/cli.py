@@ -171,9 +171,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _report(result) -> None:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # one report per distributed run
+        return
     print(f"run folder     {result.run_dir}")
     print(f"epochs / steps {result.epochs} / {result.steps}")
-    print(f"best val loss  {result.best_val_loss:.5f}")
+    print(f"best val loss  {result.best_val_loss:.5f}  (Poisson NLL per scored entry, "
+          "mean over masking schemes)")
+    print(f"mean-rate null {result.val_null_loss:.5f}  (per-unit mean rate, same entries)")
     print(f"time           {result.elapsed_s:.1f} s")
 
 

@@ -265,6 +265,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:  # noqa: C901 - one branc
     if hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise SpikemaskError(f"{where}: expected a number, got {value!r}")
     if hint is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):

@@ -8,8 +8,10 @@ whole latent state (K trials, R regions × ``latent_dim`` each, flattened to Z =
 
 where W holds each region's own recurrent block (a scaled random orthogonal matrix, so the
 dynamics are rotational and nonlinear) and the directed coupling blocks C_{r←r'} between
-regions, and u_t are the trial inputs (:data:`INPUT_CHANNELS`). The choice is read out of
-the decision region's latent at the reaction time; it then drives the movement inputs.
+regions, and u_t are the trial inputs (:data:`INPUT_CHANNELS`). At the reaction time the
+choice is read out of the decision region's latent change since stimulus onset, averaged
+over time (a calibrated Fisher-discriminant direction, plus noise and a block-prior bias);
+it then drives the movement inputs, and its correctness the feedback input.
 
 Roles by region index: 0 sensory thalamus (gets the stimulus), 1 visual cortex, 2 decision /
 motor region (choice readout, wheel), 3+ associative regions (go cue, movement, feedback).

@@ -58,7 +58,7 @@ def make_one(
         if not (root / "sessions.pqt").exists():
             from one.alf.cache import make_parquet_db
 
-            make_parquet_db(root, hash_ids=True, hash_files=True)
+            make_parquet_db(root, hash_ids=True, hash_files=False)
         return One(cache_dir=str(root), mode="local")
     url = base_url or PUBLIC_BASE_URL
     options: dict[str, Any] = {"base_url": url, "silent": True}
@@ -98,12 +98,13 @@ def load_object(
     files = index.get((collection, obj), {})
     out: dict[str, np.ndarray] = {}
     ordered = sorted(files.items(), key=lambda item: item[0] != "table")  # table first
+    check = not getattr(one, "offline", False)  # offline: nothing to re-download; md5 is slow
     for attribute, filename in ordered:
         if attribute != "table" and attribute not in attributes:
             continue
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*default revision.*")
-            value = one.load_dataset(eid, filename, collection=collection)
+            value = one.load_dataset(eid, filename, collection=collection, check_hash=check)
         if attribute == "table" and hasattr(value, "columns"):
             out.update({c: value[c].to_numpy() for c in value.columns if c in attributes})
         elif hasattr(value, "columns"):  # e.g. clusters.uuids.csv

@@ -4,9 +4,10 @@ Every helper is vectorised over all spikes of all units and all trials at once (
 searchsorted`` / ``np.bincount``), so a 1,000-unit session with 600 trials bins in seconds.
 
 Windows are half-open: bin ``b`` of trial ``k`` covers ``[edges[k, b], edges[k, b + 1])`` with
-``edges[k] = start[k] + bin_size_s * arange(T + 1)``, exactly as ``np.histogram`` would count
-with those edges (a spike on an inner edge falls in the later bin; one on the last edge is
-outside the window).
+``edges[k] = start[k] + bin_size_s * arange(T + 1)``, as ``np.histogram`` counts with those
+edges (a spike on an inner edge falls in the later bin) except that a spike exactly on the
+window's end is outside it (``np.histogram`` closes its last bin), so back-to-back windows
+never count a spike twice.
 
 Shape letters: K trials (windows), T time bins, N units.
 """
@@ -319,6 +320,28 @@ class PrepareReport:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     skipped: bool = False
+
+    @classmethod
+    def describe(
+        cls,
+        session: Session,
+        *,
+        trials_total: int,
+        trials_dropped: Mapping[str, int],
+        probes: Sequence[str],
+        config: Any,
+        notes: Sequence[str] = (),
+    ) -> PrepareReport:
+        """The report of a freshly built ``session`` (``out_dir`` is set when written)."""
+        return cls(
+            session_id=session.session_id, out_dir="", trials_total=int(trials_total),
+            trials_kept=sum(s.num_trials for s in session.splits.values()),
+            trials_dropped=dict(trials_dropped), units=session.num_units, probes=list(probes),
+            splits={name: s.num_trials for name, s in session.splits.items()},
+            regions=session.units_per_region, bin_behavior=list(session.bin_behavior_names),
+            trial_behavior=list(session.trial_behavior_names),
+            config=dataclasses.asdict(config), notes=list(notes),
+        )  # fmt: skip
 
     @property
     def eid(self) -> str:

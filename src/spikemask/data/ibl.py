@@ -234,8 +234,8 @@ def load_ibl_session(
     """
     config = config or IBLPrepareConfig()
     eid, index = sources.session_index(one, eid)
-    population = sources.load_population(one, eid, index, config)
     trials = sources.load_trials(one, eid, index, config)
+    population = sources.load_population(one, eid, index, config)
     keep, dropped = filter_trials(trials, config, population.recording_s)
     if not keep.any():
         raise SpikemaskError(
@@ -274,21 +274,10 @@ def load_ibl_session(
         splits=splits,
         metadata={**population.metadata, "source": "ibl-one"},
     )
-    report = PrepareReport(
-        session_id=eid,
-        out_dir="",
-        trials_total=len(keep),
-        trials_kept=int(keep.sum()),
-        trials_dropped=dropped,
-        units=session.num_units,
-        probes=list(population.probes),
-        splits={name: trials_.num_trials for name, trials_ in splits.items()},
-        regions=session.units_per_region,
-        bin_behavior=list(bin_behavior),
-        trial_behavior=list(session.trial_behavior_names),
-        config=dataclasses.asdict(config),
-        notes=notes,
-    )
+    report = PrepareReport.describe(
+        session, trials_total=len(keep), trials_dropped=dropped, probes=population.probes,
+        config=config, notes=notes,
+    )  # fmt: skip
     return session, report
 
 

@@ -168,12 +168,13 @@ class _FastNDT1:
         """(k, T, D_in) read-in of the variant's masked copies of trials k."""
         hidden = torch.as_tensor(self.plan.hidden_units[segment.variant], device=self.full.device)
         counts = self.spikes[segment.k_start : segment.k_stop]  # (k, T, N)
-        if int(hidden.sum()) <= hidden.numel() // 2:
-            share = counts[:, :, hidden] @ self.read_in_t[hidden]  # (k, T, D_in)
-            base = self.full[segment.k_start : segment.k_stop] - share
-        else:
-            base = counts[:, :, ~hidden] @ self.read_in_t[~hidden]
-        return base + self.adapter.read_in.bias
+        subtract = int(hidden.sum()) <= hidden.numel() // 2
+        used = hidden if subtract else ~hidden
+        flat = counts[:, :, used].reshape(-1, int(used.sum()))  # (k*T, n_used)
+        share = (flat @ self.read_in_t[used]).reshape(*counts.shape[:2], -1)  # (k, T, D_in)
+        if subtract:
+            share = self.full[segment.k_start : segment.k_stop] - share
+        return share + self.adapter.read_in.bias
 
     def run(self, segments: list[_Segment]) -> Iterator[tuple[_Segment, torch.Tensor]]:
         """Yield each segment with its (k, T, n_targets) log-rates."""
@@ -183,9 +184,24 @@ class _FastNDT1:
             specials = self.net._special_tokens(self.adapter, self.prompt, tokens.shape[0])
             latents = self.net._encode(tokens, specials, self.time_index,
                                        causal=self.plan.causal)  # (M, T, D)
-            read_out = self.adapter.read_out
+            yield from self._read_out(segments, latents)
+
+    def _read_out(self, segments: list[_Segment], latents: torch.Tensor):
+        """Log-rates of each segment's targets from (M, T, D) latents."""
+        weight, bias = self.adapter.read_out.weight, self.adapter.read_out.bias  # (N, D), (N,)
+        targets = [torch.as_tensor(self.plan.targets[s.variant]) for s in segments]
+        if all(t.numel() == 1 for t in targets):  # one target per row: a batched dot product
+            sizes = [s.k_stop - s.k_start for s in segments]
+            per_row = torch.cat(targets).repeat_interleave(torch.as_tensor(sizes))  # (M,)
+            per_row = per_row.to(latents.device)
+            dots = torch.bmm(latents, weight[per_row].unsqueeze(2))  # (M, T, 1)
+            log_rates = (dots + bias[per_row, None, None]).float().cpu()
             for s in segments:
-                targets = torch.as_tensor(self.plan.targets[s.variant], device=latents.device)
-                rows = latents[s.offset : s.offset + s.k_stop - s.k_start]  # (k, T, D)
-                log_rates = rows @ read_out.weight[targets].t() + read_out.bias[targets]
-                yield s, log_rates.float().cpu()
+                yield s, log_rates[s.offset : s.offset + s.k_stop - s.k_start]
+            return
+        width = latents.shape[2]
+        for s, target in zip(segments, targets, strict=True):
+            target = target.to(latents.device)
+            rows = latents[s.offset : s.offset + s.k_stop - s.k_start]  # (k, T, D)
+            flat = rows.reshape(-1, width) @ weight[target].t() + bias[target]  # (k*T, n)
+            yield s, flat.reshape(rows.shape[0], rows.shape[1], -1).float().cpu()

@@ -132,7 +132,9 @@ class SessionTrialsDataset(Dataset):
     """Turns a :class:`BatchKey` into a batch of one session's trials.
 
     Each item is a dict: ``spikes`` (b, T, N) float32, ``session_id``, ``region_ids`` (N,)
-    int64, and the global-batch bookkeeping ``offset``, ``global_size``, ``batch_id``.
+    int64, ``null_log_rates`` (N,) float32 (log of each unit's mean count per bin in
+    ``reference`` trials: the per-unit mean-rate model validation losses are compared with),
+    and the global-batch bookkeeping ``offset``, ``global_size``, ``batch_id``.
     """
 
     def __init__(
@@ -140,10 +142,14 @@ class SessionTrialsDataset(Dataset):
         session_ids: Sequence[str],
         trial_sets: Sequence[TrialSet],
         region_ids: Sequence[np.ndarray],
+        reference: Sequence[TrialSet] | None = None,
     ) -> None:
         self.session_ids = list(session_ids)
         self.trial_sets = list(trial_sets)
         self.region_ids = [torch.as_tensor(np.asarray(r), dtype=torch.long) for r in region_ids]
+        self.null_log_rates = [
+            torch.from_numpy(_mean_log_rate(t.spikes)) for t in (reference or trial_sets)
+        ]
 
     def trial_counts(self) -> list[int]:
         return [t.num_trials for t in self.trial_sets]
@@ -158,7 +164,14 @@ class SessionTrialsDataset(Dataset):
             "spikes": torch.from_numpy(counts),  # (b, T, N)
             "session_id": self.session_ids[key.session],
             "region_ids": self.region_ids[key.session],
+            "null_log_rates": self.null_log_rates[key.session],
             "offset": key.offset,
             "global_size": key.global_size,
             "batch_id": key.batch_id,
         }
+
+
+def _mean_log_rate(spikes: np.ndarray) -> np.ndarray:
+    """(N,) log mean count per bin of every unit (floored so silent units stay finite)."""
+    mean = spikes.reshape(-1, spikes.shape[-1]).mean(axis=0, dtype=np.float64)
+    return np.log(np.maximum(mean, 1e-6)).astype(np.float32)

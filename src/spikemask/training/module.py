@@ -128,19 +128,28 @@ class MtMModule(L.LightningModule):
             generator = step_generator(self.train_config.seed, _VAL, int(batch["batch_id"]), index)
             spec, _ = self._global_mask(batch, generator, scheme=scheme)
             total, count = self._loss_terms(batch, spec)
+            null_log_rates = batch["null_log_rates"].expand_as(batch["spikes"])
+            null, _ = masked_poisson_nll(null_log_rates, batch["spikes"], spec.scored)
             sums = self._val_sums.setdefault(scheme, [])
-            sums.append(torch.stack([total.detach().double(), count.double()]))
+            sums.append(torch.stack([total.detach().double(), count.double(), null.double()]))
 
     def on_validation_epoch_end(self) -> None:
-        losses = []
+        losses, nulls = [], []
         for scheme, parts in self._val_sums.items():
             summed = torch.stack(parts).sum(0)
             summed = self.trainer.strategy.reduce(summed, reduce_op="sum")
             loss = (summed[0] / summed[1].clamp_min(1)).float()
+            null = (summed[2] / summed[1].clamp_min(1)).float()
             losses.append(loss)
-            self.log(f"val_loss/{scheme}", loss, sync_dist=False)
+            nulls.append(null)
+            # already summed over ranks: averaging identical values keeps them, and keeps
+            # every rank's callback metrics in step
+            self.log(f"val_loss/{scheme}", loss, sync_dist=True)
+            self.log(f"val_null_loss/{scheme}", null, sync_dist=True)
         if losses:
-            self.log("val_loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=False)
+            self.log("val_loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True)
+            # the per-unit mean-rate model on the same scored entries: val_loss must beat it
+            self.log("val_null_loss", torch.stack(nulls).mean(), sync_dist=True)
         self._val_sums = {}
 
     # ------------------------------------------------------------------ optimiser

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -52,6 +54,7 @@ class TrainResult:
 
     run_dir: Path
     best_val_loss: float
+    val_null_loss: float
     epochs: int
     steps: int
     elapsed_s: float
@@ -71,9 +74,11 @@ class ModelFolderCheckpoint(Callback):
         self.sessions = sessions
         self.regions = regions
         self.best = math.inf
+        self.null = math.nan
 
     def _save(self, name: str, trainer: L.Trainer, module: MtMModule, val: float) -> None:
-        state = {"epoch": trainer.current_epoch, "step": trainer.global_step, "val_loss": val}
+        state = {"epoch": trainer.current_epoch, "step": trainer.global_step, "val_loss": val,
+                 "val_null_loss": self.null}
         checkpoint = Checkpoint(module.model, self.config, self.sessions, self.regions, state)
         save_checkpoint(self.run_dir / "checkpoints" / name, checkpoint)
 
@@ -82,6 +87,8 @@ class ModelFolderCheckpoint(Callback):
             return
         metric = trainer.callback_metrics.get("val_loss")
         val = float(metric) if metric is not None else math.nan
+        null = trainer.callback_metrics.get("val_null_loss")
+        self.null = float(null) if null is not None else math.nan
         if trainer.is_global_zero:
             self._save("last", trainer, module, val)
             if val < self.best:
@@ -96,10 +103,11 @@ class ModelFolderCheckpoint(Callback):
                 self._save("best", trainer, module, self.best)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best}
+        return {"best": self.best, "null": self.null}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = float(state_dict.get("best", math.inf))
+        self.null = float(state_dict.get("null", math.nan))
 
 
 def build_dataloader(
@@ -108,7 +116,8 @@ def build_dataloader(
 ) -> DataLoader:
     """Session-grouped batches of one split of every session."""
     dataset = SessionTrialsDataset(
-        [s.session_id for s in sessions], [s.split(split) for s in sessions], region_ids
+        [s.session_id for s in sessions], [s.split(split) for s in sessions], region_ids,
+        reference=[s.split("train") for s in sessions],
     )
     sampler = SessionBatchSampler(
         dataset.trial_counts(), batch_size=config.data.batch_size, shuffle=shuffle,
@@ -127,8 +136,32 @@ def _precision(value: str) -> str:
     return "32-true"
 
 
+def _launch_layout(cfg) -> tuple[Any, int, str]:
+    """(devices, num_nodes, strategy), filled in from torchrun / SLURM when left on auto.
+
+    Under ``torchrun --nnodes M --nproc-per-node K`` (or an ``srun`` with K tasks per node
+    on M nodes) every process must tell Lightning the same layout; reading it from the
+    launcher's environment means the plain training command works unchanged.
+    """
+    devices, nodes, strategy = cfg.devices, cfg.num_nodes, cfg.strategy
+    env = os.environ
+    if devices == "auto" and "LOCAL_WORLD_SIZE" in env and "WORLD_SIZE" in env:
+        devices = int(env["LOCAL_WORLD_SIZE"])
+        nodes = max(1, int(env["WORLD_SIZE"]) // devices)
+    elif devices == "auto" and "SLURM_NTASKS_PER_NODE" in env and "SLURM_NNODES" in env:
+        devices = int(env["SLURM_NTASKS_PER_NODE"].split("(")[0])
+        nodes = int(env["SLURM_NNODES"])
+    if strategy == "auto" and devices != "auto" and int(devices) * nodes > 1:
+        strategy = "ddp"
+    if strategy == "ddp":
+        # a batch holds one session, so the other sessions' layers get no gradient
+        strategy = "ddp_find_unused_parameters_true"
+    return devices, nodes, strategy
+
+
 def _make_trainer(run_dir: Path, config: RunConfig, callbacks: list[Callback]) -> L.Trainer:
     cfg = config.train
+    devices, num_nodes, strategy = _launch_layout(cfg)
     # version=None: a resumed run logs into version_1, version_2, ... beside the first part
     loggers: list[Any] = [CSVLogger(run_dir / "logs", name="csv")]
     if cfg.tensorboard:
@@ -146,9 +179,9 @@ def _make_trainer(run_dir: Path, config: RunConfig, callbacks: list[Callback]) -
         max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
         max_time=timedelta(minutes=cfg.max_minutes) if cfg.max_minutes else None,
         accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
         precision=_precision(str(cfg.precision)),
         gradient_clip_val=cfg.gradient_clip or None,
         log_every_n_steps=cfg.log_every_n_steps,
@@ -179,6 +212,8 @@ def _check_regions(sessions: Sequence[Session], config: RunConfig) -> None:
 def _prepare_run_dir(out: Path, config: RunConfig, record: dict[str, Any], resume: bool) -> Path:
     out = Path(out).expanduser()
     saved = out / "config.yaml"
+    if rank_zero_only.rank != 0:  # other DDP ranks: rank 0 checks and writes the folder
+        return out
     if resume:
         if not (out / RESUME_DIR / "last.ckpt").is_file():
             raise SpikemaskError(f"--resume: {str(out)!r} holds no interrupted run to resume")
@@ -226,7 +261,7 @@ def fit(
     ckpt = run_dir / RESUME_DIR / "last.ckpt" if resume else None
     start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
-    return TrainResult(run_dir, saver.best, trainer.current_epoch, trainer.global_step,
+    return TrainResult(run_dir, saver.best, saver.null, trainer.current_epoch, trainer.global_step,
                        time.perf_counter() - start)
 
 

@@ -48,12 +48,24 @@ def tiny_config(architecture: str = "ndt1", position_embedding: str = "learned",
 
 
 def tiny_model(architecture="ndt1", position_embedding="learned", sessions=None, **overrides):
-    return build_model(
+    model = build_model(
         tiny_config(architecture, position_embedding, **overrides),
         sessions=sessions if sessions is not None else {"sess-a": UNITS, "sess-b": 5},
         num_prompts=3,
         generator=torch.Generator().manual_seed(0),
     )
+    randomize_read_out(model)
+    return model
+
+
+def randomize_read_out(model) -> None:
+    """Read-outs start at zero weights (predictions = per-unit rates); the structural tests
+    need outputs that depend on the inputs, as after training."""
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "read_out.weight" in name:
+                parameter.normal_(0.0, 0.3, generator=generator)
 
 
 def poisson_spikes(seed: int = 1, shape=(BATCH, BINS, UNITS), rate: float = 0.7) -> torch.Tensor:
@@ -374,3 +386,14 @@ def test_bad_constructor_arguments(kwargs, message):
         NDT1(tiny_config(), **kwargs)
     with pytest.raises(SpikemaskError, match="must be a ModelConfig"):
         build_model({"architecture": "ndt1"}, sessions={}, num_prompts=1)
+
+
+@pytest.mark.parametrize("architecture", ["ndt1", "ndt2"])
+def test_a_new_session_starts_at_its_unit_rates(architecture):
+    model = build_model(tiny_config(architecture), sessions={"s": UNITS}, num_prompts=3)
+    rates = torch.linspace(0.01, 0.5, UNITS)
+    model.set_unit_log_rates("s", rates.log())
+    out = model.eval()(poisson_spikes(), session_id="s", prompt=0).log_rates.exp()
+    torch.testing.assert_close(out, rates.expand_as(out))
+    with pytest.raises(SpikemaskError, match=r"expected \(11,\)"):
+        model.set_unit_log_rates("s", torch.zeros(3))

@@ -106,24 +106,25 @@ def predict_task(
     use_fast = fast and _fast_path_ok(model, session, plan)
     width = model.model.config.width
     rows = batch_size or _rows_per_chunk(num_bins, num_units, width, use_fast)
-    runner = _FastNDT1(model, session, plan, spikes) if use_fast else _Generic(
-        model, session, plan, spikes)
     scored_bins = np.flatnonzero(plan.scored_bins)
     chunks = list(_chunks(plan.num_variants, num_trials, rows))
-    for segments in tqdm(chunks, desc=plan.task, leave=False, disable=not progress):
-        for segment, log_rates in runner.run(segments):
-            targets = plan.targets[segment.variant]
-            trials = np.arange(segment.k_start, segment.k_stop)
-            values = log_rates.exp().numpy()[:, scored_bins]  # (k, T_scored, n_targets)
-            rates[np.ix_(trials, scored_bins, targets)] = values
+    with torch.inference_mode():
+        runner = (_FastNDT1 if use_fast else _Generic)(model, session, plan, spikes)
+        for segments in tqdm(chunks, desc=plan.task, leave=False, disable=not progress):
+            for segment, log_rates in runner.run(segments):
+                targets = plan.targets[segment.variant]
+                trials = np.arange(segment.k_start, segment.k_stop)
+                values = log_rates.exp().numpy()[:, scored_bins]  # (k, T_scored, n_targets)
+                rates[np.ix_(trials, scored_bins, targets)] = values
     return rates
 
 
 class _Generic:
     """Any model through :meth:`TrainedModel.forward`: masked full inputs, full outputs."""
 
-    def __init__(self, model: TrainedModel, session: Session, plan: TaskPlan,
-                 spikes: torch.Tensor) -> None:
+    def __init__(
+        self, model: TrainedModel, session: Session, plan: TaskPlan, spikes: torch.Tensor
+    ) -> None:
         self.model, self.session, self.plan, self.spikes = model, session, plan, spikes
         self.hidden_units = torch.as_tensor(plan.hidden_units)  # (G, N)
         self.hidden_bins = torch.as_tensor(plan.hidden_bins)  # (T,)
@@ -135,10 +136,17 @@ class _Generic:
         variants = torch.cat([torch.full((s.k_stop - s.k_start,), s.variant) for s in segments])
         hidden = self.hidden_units[variants][:, None, :] | self.hidden_bins[None, :, None]
         inputs = self.spikes[trials].masked_fill_(hidden, 0.0)  # (M, T, N), a new tensor
-        output = next(iter(self.model.forward(
-            inputs, self.session, prompt=self.prompt, causal=self.plan.causal,
-            batch_size=inputs.shape[0],
-        )))
+        output = next(
+            iter(
+                self.model.forward(
+                    inputs,
+                    self.session,
+                    prompt=self.prompt,
+                    causal=self.plan.causal,
+                    batch_size=inputs.shape[0],
+                )
+            )
+        )
         for s in segments:
             rows = output.log_rates[s.offset : s.offset + s.k_stop - s.k_start]
             yield s, rows[:, :, torch.as_tensor(self.plan.targets[s.variant])]
@@ -151,8 +159,9 @@ class _FastNDT1:
     the tests check that both give the same rates.
     """
 
-    def __init__(self, model: TrainedModel, session: Session, plan: TaskPlan,
-                 spikes: torch.Tensor) -> None:
+    def __init__(
+        self, model: TrainedModel, session: Session, plan: TaskPlan, spikes: torch.Tensor
+    ) -> None:
         net = model.model
         self.net, self.plan, self.spikes = net, plan, spikes.to(model.device)
         self.session_id = session.session_id
@@ -160,8 +169,10 @@ class _FastNDT1:
         self.prompt = model.prompt_for(plan.scheme)
         weight = self.adapter.read_in.weight  # (D_in, N)
         self.read_in_t = weight.t()  # (N, D_in)
-        # the read-in of each unmasked trial, without the bias: (K, T, D_in)
-        self.full = self.spikes @ self.read_in_t
+        # the read-in of each unmasked trial: (K, T, D_in)
+        self.full = torch.addmm(
+            self.adapter.read_in.bias, self.spikes.flatten(0, 1), self.read_in_t
+        ).reshape(*spikes.shape[:2], -1)
         self.time_index = torch.arange(spikes.shape[1], device=model.device)
 
     def _stitched(self, segment: _Segment) -> torch.Tensor:
@@ -173,18 +184,18 @@ class _FastNDT1:
         flat = counts[:, :, used].reshape(-1, int(used.sum()))  # (k*T, n_used)
         share = (flat @ self.read_in_t[used]).reshape(*counts.shape[:2], -1)  # (k, T, D_in)
         if subtract:
-            share = self.full[segment.k_start : segment.k_stop] - share
+            return self.full[segment.k_start : segment.k_stop] - share
         return share + self.adapter.read_in.bias
 
     def run(self, segments: list[_Segment]) -> Iterator[tuple[_Segment, torch.Tensor]]:
         """Yield each segment with its (k, T, n_targets) log-rates."""
-        with torch.inference_mode():
-            stitched = torch.cat([self._stitched(s) for s in segments])  # (M, T, D_in)
-            tokens = self.net.embedding(stitched)  # (M, T, D)
-            specials = self.net._special_tokens(self.adapter, self.prompt, tokens.shape[0])
-            latents = self.net._encode(tokens, specials, self.time_index,
-                                       causal=self.plan.causal)  # (M, T, D)
-            yield from self._read_out(segments, latents)
+        stitched = torch.cat([self._stitched(s) for s in segments])  # (M, T, D_in)
+        tokens = self.net.embedding(stitched)  # (M, T, D)
+        specials = self.net._special_tokens(self.adapter, self.prompt, tokens.shape[0])
+        latents = self.net._encode(
+            tokens, specials, self.time_index, causal=self.plan.causal
+        )  # (M, T, D)
+        yield from self._read_out(segments, latents)
 
     def _read_out(self, segments: list[_Segment], latents: torch.Tensor):
         """Log-rates of each segment's targets from (M, T, D) latents."""

@@ -105,8 +105,14 @@ class TaskPlan:
         return allowed
 
 
-def _plan(task: str, session: Session, hidden_units: np.ndarray, targets: list[np.ndarray],
-          hidden_bins: np.ndarray | None = None, skipped: str | None = None) -> TaskPlan:
+def _plan(
+    task: str,
+    session: Session,
+    hidden_units: np.ndarray,
+    targets: list[np.ndarray],
+    hidden_bins: np.ndarray | None = None,
+    skipped: str | None = None,
+) -> TaskPlan:
     name, scheme, causal = ACTIVITY_TASKS[task]
     bins = np.zeros(session.num_bins, dtype=bool) if hidden_bins is None else hidden_bins
     return TaskPlan(name, scheme, causal, hidden_units, bins, tuple(targets), skipped)
@@ -138,8 +144,13 @@ def _plan_forward(session: Session) -> TaskPlan:
     spec = forward_prediction_mask((1, session.num_bins, 1), fraction=FORWARD_FRACTION)
     hidden_bins = spec.hidden[0, :, 0].numpy()
     hidden_units = np.zeros((1, session.num_units), dtype=bool)
-    return _plan("forward-prediction", session, hidden_units, [np.arange(session.num_units)],
-                 hidden_bins=hidden_bins)
+    return _plan(
+        "forward-prediction",
+        session,
+        hidden_units,
+        [np.arange(session.num_units)],
+        hidden_bins=hidden_bins,
+    )
 
 
 def _plan_inter_region(session: Session, regions: dict[str, np.ndarray]) -> TaskPlan:
@@ -183,16 +194,20 @@ def plan_task(session: Session, task: str) -> TaskPlan:
         task (region tasks need at least 2 labelled regions).
     """
     if task not in ACTIVITY_TASKS:
-        raise SpikemaskError(f"unknown activity task {task!r}; expected one of "
-                             f"{list(ACTIVITY_TASKS)}")
+        raise SpikemaskError(
+            f"unknown activity task {task!r}; expected one of {list(ACTIVITY_TASKS)}"
+        )
     if task == "co-smoothing":
         return _plan_co_smoothing(session)
     if task == "forward-prediction":
         return _plan_forward(session)
     regions = _labelled_regions(session)
     if len(regions) < 2:
-        return _skipped(task, session, f"the session has {len(regions)} labelled region(s); "
-                        "region tasks need at least 2")
+        return _skipped(
+            task,
+            session,
+            f"the session has {len(regions)} labelled region(s); region tasks need at least 2",
+        )
     if task == "inter-region":
         return _plan_inter_region(session, regions)
     return _plan_intra_region(session, regions)
@@ -240,8 +255,12 @@ class TaskResult:
         floats rounded to ``digits`` and NaN written as None."""
         if self.skipped is not None:
             return {"skipped": self.skipped}
-        values = {"bps": self.bps, "bps_pooled": self.bps_pooled, "num_units": self.num_units,
-                  "per_region": self.per_region}
+        values = {
+            "bps": self.bps,
+            "bps_pooled": self.bps_pooled,
+            "num_units": self.num_units,
+            "per_region": self.per_region,
+        }
         return to_jsonable(values, digits)
 
 
@@ -250,8 +269,14 @@ def _finite_mean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else math.nan
 
 
-def score_task(plan: TaskPlan, rates: np.ndarray, spikes: np.ndarray, *,
-               unit_regions: tuple[str, ...], keep_rates: bool = True) -> TaskResult:
+def score_task(
+    plan: TaskPlan,
+    rates: np.ndarray,
+    spikes: np.ndarray,
+    *,
+    unit_regions: tuple[str, ...],
+    keep_rates: bool = True,
+) -> TaskResult:
     """Bits per spike of a task's predictions on its scored units and bins.
 
     Args:
@@ -269,8 +294,18 @@ def score_task(plan: TaskPlan, rates: np.ndarray, spikes: np.ndarray, *,
     bps_per_unit = np.full(num_units, np.nan)
     per_region: dict[str, dict[str, float | int]] = {}
     if plan.skipped is not None or not scored_units.any():
-        return TaskResult(plan.task, unit_regions, scored_units, scored_bins, bps_per_unit,
-                          math.nan, math.nan, per_region, None, plan.skipped or "nothing scored")
+        return TaskResult(
+            plan.task,
+            unit_regions,
+            scored_units,
+            scored_bins,
+            bps_per_unit,
+            math.nan,
+            math.nan,
+            per_region,
+            None,
+            plan.skipped or "nothing scored",
+        )
     units = np.flatnonzero(scored_units)
     predicted = rates[:, scored_bins][:, :, units]  # (K, T_scored, N_scored)
     observed = spikes[:, scored_bins][:, :, units]
@@ -284,7 +319,11 @@ def score_task(plan: TaskPlan, rates: np.ndarray, spikes: np.ndarray, *,
             "num_units": int(columns.size),
         }
     return TaskResult(
-        plan.task, unit_regions, scored_units, scored_bins, bps_per_unit,
+        plan.task,
+        unit_regions,
+        scored_units,
+        scored_bins,
+        bps_per_unit,
         bps=_finite_mean(bps_per_unit),
         bps_pooled=bits_per_spike_pooled(predicted, observed),
         per_region=per_region,

@@ -61,9 +61,12 @@ class SessionAdapter(nn.Module):
         self.session_token = nn.Parameter(torch.empty(width, **factory)) if session_token else None
         self.read_in: nn.Linear | None = None
         self.read_out: nn.Linear | None = None
+        self.unit_bias: nn.Parameter | None = None
         if stitch_width is not None:
             self.read_in = nn.Linear(num_units, stitch_width, **factory)
             self.read_out = nn.Linear(width, num_units, **factory)
+        else:  # NDT2's read-out is shared: each unit still gets its own log-rate offset
+            self.unit_bias = nn.Parameter(torch.zeros(num_units, **factory))
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """(Re)initialise: token ~ N(0, 0.02²), read-out bias ``log(INITIAL_RATE)``."""
@@ -71,7 +74,24 @@ class SessionAdapter(nn.Module):
         if self.session_token is not None:
             nn.init.normal_(self.session_token, std=EMBEDDING_INIT_STD, generator=generator)
         if self.read_out is not None:
+            # zero read-out weights: a new session starts exactly at its per-unit rates and
+            # the transformer's random initial states add no noise to the predictions
+            nn.init.zeros_(self.read_out.weight)
             nn.init.constant_(self.read_out.bias, math.log(INITIAL_RATE))
+        if self.unit_bias is not None:
+            nn.init.zeros_(self.unit_bias)
+
+    @torch.no_grad()
+    def set_unit_log_rates(self, log_rates: Tensor) -> None:
+        """Start every unit at a known log-rate (e.g. its mean count per bin)."""
+        if log_rates.shape != (self.num_units,):
+            raise SpikemaskError(
+                f"unit log-rates have shape {tuple(log_rates.shape)}; expected ({self.num_units},)"
+            )
+        if self.read_out is not None:
+            self.read_out.bias.copy_(log_rates)
+        else:
+            self.unit_bias.copy_(log_rates - math.log(INITIAL_RATE))
 
 
 class SessionModel(nn.Module):
@@ -170,6 +190,20 @@ class SessionModel(nn.Module):
         adapter.reset_parameters(generator)
         self.session_adapters.append(adapter)
         self._session_ids.append(session_id)
+
+    def set_unit_log_rates(self, session_id: str, log_rates: Tensor) -> None:
+        """Initialise a session's read-out so unit ``n`` starts at ``log_rates[n]``.
+
+        Starting from each unit's mean rate (instead of one shared rate) means training
+        spends its steps on structure rather than on learning per-unit offsets.
+
+        Args:
+            session_id: a known session.
+            log_rates: ``(N_s,)`` log mean count per bin of each unit.
+        """
+        adapter = self.session_adapters[self._session_index(session_id)]
+        reference = next(adapter.parameters())
+        adapter.set_unit_log_rates(log_rates.to(reference.device, reference.dtype))
 
     def session_parameters(self, session_id: str) -> list[nn.Parameter]:
         """The parameters owned by one session (read-in, read-out, session token)."""

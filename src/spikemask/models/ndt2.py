@@ -85,6 +85,7 @@ class NDT2(SessionModel):
     def reset_shared_parameters(self, generator: torch.Generator | None = None) -> None:
         """(Re)initialise the shared parameters; read-out bias ``log(INITIAL_RATE)``."""
         super().reset_shared_parameters(generator)
+        nn.init.zeros_(self.read_out.weight)  # start at the per-unit rates (see base.py)
         nn.init.constant_(self.read_out.bias, math.log(INITIAL_RATE))
 
     def forward(
@@ -139,7 +140,8 @@ class NDT2(SessionModel):
         patch_log_rates = self.read_out(states)  # (B, T*K, C)
         log_rates = rearrange(patch_log_rates, "b (t k) c -> b t (k c)", k=num_patches)
         latents = rearrange(states, "b (t k) d -> b t k d", k=num_patches).mean(dim=2)
-        return ModelOutput(log_rates=log_rates[..., :num_units], latents=latents)
+        log_rates = log_rates[..., :num_units] + adapter.unit_bias  # (B, T, N)
+        return ModelOutput(log_rates=log_rates, latents=latents)
 
     def _region_patch_embedding(self, region_ids: Tensor, num_units: int) -> Tensor:
         """Mean region embedding of the labelled units of each patch.

@@ -20,7 +20,9 @@ from torch.utils.data import Dataset, Sampler
 from spikemask.data.session import TrialSet
 from spikemask.errors import SpikemaskError
 
-__all__ = ["BatchKey", "SessionBatchSampler", "SessionTrialsDataset", "world_info"]
+__all__ = [
+    "BatchKey", "SessionBatchSampler", "SessionTrialsDataset", "mean_log_rate", "world_info",
+]
 
 
 def world_info() -> tuple[int, int]:
@@ -148,7 +150,7 @@ class SessionTrialsDataset(Dataset):
         self.trial_sets = list(trial_sets)
         self.region_ids = [torch.as_tensor(np.asarray(r), dtype=torch.long) for r in region_ids]
         self.null_log_rates = [
-            torch.from_numpy(_mean_log_rate(t.spikes)) for t in (reference or trial_sets)
+            torch.from_numpy(mean_log_rate(t.spikes)) for t in (reference or trial_sets)
         ]
 
     def trial_counts(self) -> list[int]:
@@ -171,7 +173,7 @@ class SessionTrialsDataset(Dataset):
         }
 
 
-def _mean_log_rate(spikes: np.ndarray) -> np.ndarray:
+def mean_log_rate(spikes: np.ndarray) -> np.ndarray:
     """(N,) log mean count per bin of every unit (floored so silent units stay finite)."""
     mean = spikes.reshape(-1, spikes.shape[-1]).mean(axis=0, dtype=np.float64)
     return np.log(np.maximum(mean, 1e-6)).astype(np.float32)

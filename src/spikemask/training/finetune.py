@@ -14,7 +14,7 @@ from spikemask.data.loading import load_sessions
 from spikemask.data.session import Session
 from spikemask.errors import SpikemaskError
 from spikemask.training.checkpoint import Checkpoint, load_checkpoint
-from spikemask.training.run import TrainResult, fit, session_info
+from spikemask.training.run import TrainResult, fit, init_unit_rates, session_info
 
 __all__ = ["FINETUNE_MODES", "add_sessions", "finetune", "load_run_checkpoint"]
 
@@ -52,6 +52,7 @@ def add_sessions(checkpoint: Checkpoint, sessions: Sequence[Session]) -> None:
     for session in sessions:
         checkpoint.model.add_session(session.session_id, session.num_units)
         checkpoint.sessions[session.session_id] = session_info(session)
+    init_unit_rates(checkpoint.model, sessions)
     new_regions = [r for s in sessions for r in s.unit_regions]
     checkpoint.regions = checkpoint.regions.extend(new_regions)
 

@@ -39,11 +39,11 @@ from spikemask.data.session import Session
 from spikemask.errors import SpikemaskError
 from spikemask.masking import SCHEMES
 from spikemask.models import build_model
-from spikemask.training.batches import SessionBatchSampler, SessionTrialsDataset
+from spikemask.training.batches import SessionBatchSampler, SessionTrialsDataset, mean_log_rate
 from spikemask.training.checkpoint import Checkpoint, SessionInfo, save_checkpoint
 from spikemask.training.module import MtMModule
 
-__all__ = ["TrainResult", "build_dataloader", "fit", "session_info", "train"]
+__all__ = ["TrainResult", "build_dataloader", "fit", "init_unit_rates", "session_info", "train"]
 
 RESUME_DIR = Path("checkpoints") / "trainer"
 
@@ -58,6 +58,13 @@ class TrainResult:
     epochs: int
     steps: int
     elapsed_s: float
+
+
+def init_unit_rates(model: nn.Module, sessions: Sequence[Session]) -> None:
+    """Start each session's read-out at its units' mean training rates."""
+    for session in sessions:
+        log_rates = torch.from_numpy(mean_log_rate(session.split("train").spikes))
+        model.set_unit_log_rates(session.session_id, log_rates)
 
 
 def session_info(session: Session) -> SessionInfo:
@@ -292,6 +299,7 @@ def train(
         config.model, sessions={s.session_id: s.num_units for s in sessions},
         num_prompts=len(SCHEMES),
     )
+    init_unit_rates(model, sessions)
     record = {"kind": "train", "sessions": [s.session_id for s in sessions],
               "sources": [str(s.metadata.get("source", "")) for s in sessions]}
     return fit(model, sessions, regions, out, config=config, record=record, resume=resume,

@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--which", choices=("best", "last"), default="best",
                    help="which checkpoint of the run to start from")
     _add_budget_flags(p)
+
+    from spikemask.cli_prepare import add_prepare_command
+
+    add_prepare_command(sub)
     _add_later_commands(sub)
     return parser
 
@@ -183,8 +187,14 @@ def _report(result) -> None:
     print(f"time           {result.elapsed_s:.1f} s")
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from spikemask.cli_prepare import cmd_prepare as run
+
+    return run(args)
+
+
 COMMANDS = {"inspect": cmd_inspect, "synth": cmd_synth, "train": cmd_train,
-            "finetune": cmd_finetune}
+            "finetune": cmd_finetune, "prepare": cmd_prepare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

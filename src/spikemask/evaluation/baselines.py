@@ -32,7 +32,11 @@ from spikemask.evaluation.linear import (
 )
 from spikemask.evaluation.tasks import TaskPlan
 
-__all__ = ["LinearBaseline"]
+__all__ = ["MAX_LOG_RATE", "LinearBaseline"]
+
+MAX_LOG_RATE = float(np.log(100.0))
+"""Predicted log-rates are capped here (100 spikes per bin): a GLM that extrapolates
+wildly on an unusual test trial must still give finite scores."""
 
 
 class LinearBaseline:
@@ -41,21 +45,28 @@ class LinearBaseline:
     Args:
         config: Smoothing, penalty and optimiser settings (default
             :class:`~spikemask.evaluation.linear.LinearBaselineConfig`).
+        forward_l2: Ridge penalty of the forward-prediction GLM.
     """
 
     name = "linear"
 
-    def __init__(self, config: LinearBaselineConfig | None = None) -> None:
+    def __init__(
+        self, config: LinearBaselineConfig | None = None, *, forward_l2: float = 0.1
+    ) -> None:
         self.config = config or LinearBaselineConfig()
+        self.forward_l2 = forward_l2
 
     def info(self) -> dict[str, Any]:
         """``results["model"]`` of this baseline."""
-        return {"name": self.name, "config": asdict(self.config)}
+        return {"name": self.name, "config": asdict(self.config), "forward_l2": self.forward_l2}
 
-    def _glm(self, allowed: np.ndarray) -> MaskedPoissonGLM:
+    def _glm(self, allowed: np.ndarray, l2: float | None = None) -> MaskedPoissonGLM:
         cfg = self.config
         return MaskedPoissonGLM(
-            allowed, l2=cfg.l2, max_iter=cfg.max_iter, per_bin_offset=cfg.per_bin_offset
+            allowed,
+            l2=cfg.l2 if l2 is None else l2,
+            max_iter=cfg.max_iter,
+            per_bin_offset=cfg.per_bin_offset,
         )
 
     def activity_rates(self, session: Session, plan: TaskPlan, split: str) -> np.ndarray:
@@ -71,8 +82,8 @@ class LinearBaseline:
         glm = self._glm(allowed).fit(
             smooth_counts(train, sd_bins, causal=causal), train[:, :, targets]
         )
-        predicted = glm.predict_rates(smooth_counts(evaluated, sd_bins, causal=causal))
-        rates[:, :, targets] = predicted
+        log_rates = glm.predict_log_rates(smooth_counts(evaluated, sd_bins, causal=causal))
+        rates[:, :, targets] = np.exp(np.minimum(log_rates, MAX_LOG_RATE))
         return rates
 
     def _forward_rates(
@@ -80,14 +91,15 @@ class LinearBaseline:
     ) -> np.ndarray:
         """Rates of the hidden trailing bins from the observed leading ones.
 
-        Features of every hidden bin of a trial: the causally smoothed counts of all units
-        at the last observed bin; a per-bin offset per unit carries the mean time course.
+        Each unit is predicted from its own causally smoothed count at the last observed
+        bin, plus a per-bin offset (its mean time course). Letting every unit drive every
+        other overfits badly here (N x N weights from few trials x few hidden bins).
         """
         hidden_bins = np.flatnonzero(plan.hidden_bins)
-        num_units = train.shape[2]
-        glm = self._glm(np.ones((num_units, num_units), dtype=bool))
+        glm = self._glm(np.eye(train.shape[2], dtype=bool), l2=self.forward_l2)
         glm.fit(self._last_observed(train, hidden_bins), train[:, hidden_bins])
-        rates[:, hidden_bins] = glm.predict_rates(self._last_observed(evaluated, hidden_bins))
+        log_rates = glm.predict_log_rates(self._last_observed(evaluated, hidden_bins))
+        rates[:, hidden_bins] = np.exp(np.minimum(log_rates, MAX_LOG_RATE))
         return rates
 
     def _last_observed(self, spikes: np.ndarray, hidden_bins: np.ndarray) -> np.ndarray:

@@ -268,6 +268,10 @@ def fit(
     ckpt = run_dir / RESUME_DIR / "last.ckpt" if resume else None
     start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
+    if not math.isfinite(saver.best) and not trainer.interrupted:
+        # a step or time budget ended training before any validation: validate once now so
+        # the checkpoints carry a validation loss
+        trainer.validate(module, val_loader, verbose=False)
     return TrainResult(run_dir, saver.best, saver.null, trainer.current_epoch, trainer.global_step,
                        time.perf_counter() - start)
 

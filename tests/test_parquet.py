@@ -38,6 +38,7 @@ def test_round_trip_keeps_everything(tmp_path):
 def test_second_read_is_served_from_the_cache(tmp_path):
     folder = _write(tmp_path)
     first = read_session(folder)
+    assert isinstance(first.split("train").spikes, np.memmap)  # even the first read maps it
     assert cache.load_counts(folder / "data" / "train-00000-of-00001.parquet") is not None
     second = read_session(folder)
     assert isinstance(second.split("train").spikes, np.memmap)

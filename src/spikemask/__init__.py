@@ -9,12 +9,35 @@ Shape letters used in docstrings throughout the package:
 Mask polarity is always named: ``unit_valid`` (True = real unit, not padding),
 ``hidden`` (True = withheld from the model's input), ``scored`` (True = counted in a
 loss or metric).
+
+The top-level functions are imported on first use, so ``import spikemask`` stays cheap.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from spikemask.errors import SpikemaskError
 
 __version__ = "0.1.0"
 
-__all__ = ["SpikemaskError", "__version__"]
+_LAZY = {
+    "Session": ("spikemask.data.session", "Session"),
+    "load_session": ("spikemask.data.loading", "load_session"),
+    "load_sessions": ("spikemask.data.loading", "load_sessions"),
+    "train": ("spikemask.training.run", "train"),
+    "finetune": ("spikemask.training.finetune", "finetune"),
+    "load_run": ("spikemask.api", "load_run"),
+    "evaluate": ("spikemask.evaluation.evaluate", "evaluate"),
+}
+
+__all__ = ["SpikemaskError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'spikemask' has no attribute {name!r}")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -197,8 +199,21 @@ COMMANDS = {"inspect": cmd_inspect, "synth": cmd_synth, "train": cmd_train,
             "finetune": cmd_finetune, "prepare": cmd_prepare}
 
 
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's tips about third-party services from the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _quiet_third_party() -> None:
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spikemask`` console script."""
+    _quiet_third_party()
     parser = _parser()
     args = parser.parse_args(argv)
     if args.version:

@@ -129,6 +129,9 @@ def _load_file(path: Path, *, cache: bool) -> tuple[pa.Table, np.ndarray]:
     counts = _csr.decode_table(table, path)
     if cache:
         cache_mod.store_counts(path, counts)
+        # hand out the memory-mapped copy: many sessions then cost page cache, not RAM
+        mapped = cache_mod.load_counts(path, table.num_rows)
+        counts = mapped if mapped is not None else counts
     return table.drop_columns(list(SPIKE_COLUMNS)), counts
 
 

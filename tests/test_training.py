@@ -203,3 +203,16 @@ def test_two_sessions_with_equal_unit_counts_get_their_own_layers(tmp_path):
     out_a = checkpoint.model(x, session_id="a", prompt=1).log_rates
     out_b = checkpoint.model(x, session_id="b", prompt=1).log_rates
     assert not torch.allclose(out_a, out_b)
+
+
+def test_one_cycle_schedule_shape():
+    from spikemask.training.module import one_cycle_factor, schedule_progress
+
+    assert one_cycle_factor(0.0, 0.15) == pytest.approx(0.04)
+    assert one_cycle_factor(0.15, 0.15) == pytest.approx(1.0)
+    assert one_cycle_factor(0.575, 0.15) == pytest.approx(0.5 + 0.5e-3)
+    assert one_cycle_factor(1.0, 0.15) == pytest.approx(1e-3)
+    by_steps = schedule_progress(total_steps=200, budget_s=None)
+    assert by_steps(50) == 0.25 and by_steps(400) == 1.0
+    by_time = schedule_progress(total_steps=float("inf"), budget_s=1e-9)
+    assert by_time(3) == 1.0  # the time budget is already spent

@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="which checkpoint of the run to start from")
     _add_budget_flags(p)
 
+    p = sub.add_parser("demo", help="train, evaluate and report on the shipped real session")
+    p.add_argument("--out", type=Path, default=Path("spikemask-demo"), help="output folder")
+    p.add_argument("--minutes", type=float, default=6.0,
+                   help="total training time of the two models (default 6)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace an earlier demo's results")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     from spikemask.cli_prepare import add_prepare_command
 
     add_prepare_command(sub)
@@ -195,7 +203,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return run(args)
 
 
-COMMANDS = {"inspect": cmd_inspect, "synth": cmd_synth, "train": cmd_train,
+def cmd_demo(args: argparse.Namespace) -> int:
+    from spikemask.demo import run_demo
+
+    run_demo(args.out, minutes=args.minutes, seed=args.seed, force=args.force,
+             progress=not args.quiet)
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "inspect": cmd_inspect, "synth": cmd_synth, "train": cmd_train,
             "finetune": cmd_finetune, "prepare": cmd_prepare}
 
 

@@ -3,8 +3,8 @@
 Shape letters: K trials, T time bins, F features (e.g. predicted rates of N units).
 
 * :func:`decode_trial_labels` — one label per trial (e.g. choice): standardised features,
-  logistic regression, inverse regularisation ``C`` chosen by stratified K-fold CV on
-  the training trials; scored by accuracy on the test trials.
+  logistic regression, inverse regularisation ``C`` chosen by stratified K-fold CV
+  (validation log-loss) on the training trials; scored by accuracy on the test trials.
 * :func:`decode_per_bin` — one continuous value per trial and bin (e.g. wheel speed):
   standardised features, ridge regression on (trial, bin) rows, ``alpha`` chosen by
   K-fold CV whose folds hold out whole trials; scored by R² over all test trials x bins.
@@ -14,14 +14,18 @@ Shape letters: K trials, T time bins, F features (e.g. predicted rates of N unit
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from sklearn.pipeline import make_pipeline
+from sklearn.metrics import r2_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from spikemask.errors import SpikemaskError
 from spikemask.evaluation.metrics import accuracy, balanced_accuracy, r2_flat
@@ -101,6 +105,49 @@ def _check_lengths(features: np.ndarray, labels: np.ndarray, split: str) -> None
         )
 
 
+def _fit_with_cv(
+    make_model: Callable[[float], Pipeline],
+    grid: np.ndarray,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    x: np.ndarray,
+    y: np.ndarray,
+    score: Callable[[BaseEstimator, np.ndarray, np.ndarray], float],
+) -> tuple[Pipeline, float]:
+    """Picks the grid value with the best mean validation score, then refits on all rows.
+
+    Ties go to the first grid value. A plain loop (GridSearchCV's overhead dominates at
+    these sizes) under single-threaded BLAS: many tiny solves thrash when BLAS threads
+    compete for a few busy cores (measured 5x slower on 2 shared cores).
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        best = float(grid[0])
+        if len(grid) > 1 and splits:
+            mean_scores = [
+                np.mean([score(make_model(c).fit(x[tr], y[tr]), x[va], y[va]) for tr, va in splits])
+                for c in grid
+            ]
+            best = float(grid[int(np.argmax(mean_scores))])
+        return make_model(best).fit(x, y), best
+
+
+def _logistic(inverse_penalty: float) -> Pipeline:
+    return make_pipeline(StandardScaler(), LogisticRegression(C=inverse_penalty, max_iter=5000))
+
+
+def _ridge(penalty: float) -> Pipeline:
+    return make_pipeline(StandardScaler(), Ridge(alpha=penalty))
+
+
+def _neg_log_loss(model: BaseEstimator, x: np.ndarray, y: np.ndarray) -> float:
+    probabilities = model.predict_proba(x)  # (K, classes), columns in model.classes_ order
+    column = np.searchsorted(model.classes_, y)  # classes_ is sorted; y holds training labels
+    return float(np.mean(np.log(np.clip(probabilities[np.arange(y.size), column], 1e-15, 1))))
+
+
+def _r2(model: BaseEstimator, x: np.ndarray, y: np.ndarray) -> float:
+    return float(r2_score(y, model.predict(x)))
+
+
 def decode_trial_labels(
     features_train: Any,
     y_train: Any,
@@ -112,8 +159,9 @@ def decode_trial_labels(
     """Decodes one label per trial with cross-validated logistic regression.
 
     Features are standardised with training statistics; ``C`` is chosen from
-    :data:`LOGISTIC_CS` by stratified K-fold CV (``min(5, smallest class count)`` folds,
-    shuffled with ``seed``) on the training trials, then refit on all of them. When the
+    :data:`LOGISTIC_CS` by the mean validation log-loss of stratified K-fold CV
+    (``min(5, smallest class count)`` folds, shuffled with ``seed``) on the training
+    trials (accuracy ties too often on small folds), then refit on all of them. When the
     smallest training class has a single trial no CV is possible and ``C = 1``.
 
     Args:
@@ -142,20 +190,16 @@ def decode_trial_labels(
         raise SpikemaskError(f"`y_train` must contain at least 2 classes, got only {classes}")
     majority = classes[np.argmax(counts)]  # ties -> the smallest label (np.unique sorts)
 
-    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
     num_folds = min(_MAX_FOLDS, int(counts.min()))
     labels_fit = np.asarray(labels_train.tolist())
     if num_folds >= 2:
-        search = GridSearchCV(
-            pipeline,
-            {"logisticregression__C": LOGISTIC_CS},
-            cv=StratifiedKFold(num_folds, shuffle=True, random_state=seed),
-            scoring="accuracy",
+        folds = StratifiedKFold(num_folds, shuffle=True, random_state=seed)
+        splits = list(folds.split(x_train, labels_fit))
+        model, best_c = _fit_with_cv(
+            _logistic, LOGISTIC_CS, splits, x_train, labels_fit, _neg_log_loss
         )
-        search.fit(x_train, labels_fit)
-        model, best_c = search.best_estimator_, float(search.best_params_["logisticregression__C"])
     else:
-        model, best_c = pipeline.set_params(logisticregression__C=1.0).fit(x_train, labels_fit), 1.0
+        model, best_c = _fit_with_cv(_logistic, np.array([1.0]), [], x_train, labels_fit, _r2)
     predicted = model.predict(x_test)
     truth = labels_test.tolist()
     return DecodingResult(
@@ -200,8 +244,9 @@ def decode_per_bin(
     """Decodes a continuous per-bin variable with cross-validated ridge regression.
 
     Every (trial, bin) is one row. Features are standardised with training statistics;
-    ``alpha`` is chosen from :data:`RIDGE_ALPHAS` by K-fold CV (``min(5, K1)`` folds of
-    whole trials, shuffled with ``seed``), then refit on all training rows. Rows whose
+    ``alpha`` is chosen from :data:`RIDGE_ALPHAS` by the mean validation R² of K-fold CV
+    (``min(5, K1)`` folds of whole trials, shuffled with ``seed``), then refit on all
+    training rows. Rows whose
     target is NaN are dropped, in training and in scoring.
 
     Args:
@@ -234,20 +279,17 @@ def decode_per_bin(
         )
     rows_train = x_train.reshape(-1, num_features)[keep_train.ravel()]  # (kept rows, F)
     rows_test = x_test.reshape(-1, num_features)[keep_test]
-    search = GridSearchCV(
-        make_pipeline(StandardScaler(), Ridge()),
-        {"ridge__alpha": RIDGE_ALPHAS},
-        cv=_trial_folds(keep_train, seed),
-        scoring="r2",
+    splits = _trial_folds(keep_train, seed)
+    model, best_alpha = _fit_with_cv(
+        _ridge, RIDGE_ALPHAS, splits, rows_train, target_train[keep_train], _r2
     )
-    search.fit(rows_train, target_train[keep_train])
-    predicted = search.best_estimator_.predict(rows_test)
+    predicted = model.predict(rows_test)
     return DecodingResult(
         metric="r2",
         value=r2_flat(target_test.ravel()[keep_test], predicted),
         chance=None,
         num_trials=int(x_test.shape[0]),
-        extra={"alpha": float(search.best_params_["ridge__alpha"])},
+        extra={"alpha": best_alpha},
     ).to_dict()
 
 

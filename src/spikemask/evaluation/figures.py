@@ -114,6 +114,15 @@ def _pick(array: np.ndarray, unit: int, trial: int | None) -> np.ndarray:
     return array[:, :, unit].mean(axis=0) if trial is None else array[trial, :, unit]
 
 
+def _psth_panel(ax, time_ms, hz, spikes, models, colors, unit, trial) -> None:
+    """Observed and each model's predicted rate (Hz) of one unit: trial mean or one trial."""
+    observed = _pick(spikes.astype(np.float64), unit, trial) * hz
+    ax.step(time_ms, observed, where="mid", color="0.35", label="observed")
+    for color, (name, prediction) in zip(colors, models.items(), strict=True):
+        predicted = _pick(prediction.tasks["co_smoothing"].rates, unit, trial) * hz
+        ax.plot(time_ms, predicted, color=color, label=f"{name} (predicted)")
+
+
 def plot_psth(
     predictions: Mapping[str, SessionPredictions],
     path: Path,
@@ -147,35 +156,30 @@ def plot_psth(
     for col, unit in enumerate(units):
         for row, trial in enumerate([None, *trials]):
             ax = axes[row, col]
-            ax.step(
-                time_ms,
-                _pick(spikes, unit, trial) * hz,
-                where="mid",
-                color="0.35",
-                label="observed",
-            )
-            for color, (name, p) in zip(colors, models.items(), strict=True):
-                ax.plot(
-                    time_ms,
-                    _pick(p.tasks["co_smoothing"].rates, unit, trial) * hz,
-                    color=color,
-                    label=f"{name} (predicted)",
-                )
+            _psth_panel(ax, time_ms, hz, first.spikes, models, colors, unit, trial)
             if row == 0:
+                rate_hz = spikes[:, :, unit].mean() * hz
                 ax.set_title(
-                    f"unit {unit} ({first.unit_regions[unit]}), "
-                    f"{spikes[:, :, unit].mean() * hz:.1f} Hz",
-                    fontsize=9,
+                    f"unit {unit} ({first.unit_regions[unit]}), {rate_hz:.1f} Hz", fontsize=9
                 )
             if col == 0:
                 ax.set_ylabel(f"{'trial mean' if trial is None else f'trial {trial}'}\nrate (Hz)")
             if row == len(trials):
                 ax.set_xlabel("time from align event (ms)")
-    axes[0, 0].legend(fontsize=7, loc="upper left")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.suptitle(
         f"{first.session_id}: co-smoothing, each unit predicted from all others", fontsize=10
     )
     fig.tight_layout()
+    fig.legend(
+        handles,
+        labels,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=len(labels),
+        fontsize=8,
+        frameon=False,
+    )
     return _save(fig, path)
 
 

@@ -269,6 +269,21 @@ def _finite_mean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else math.nan
 
 
+def _per_region(
+    regions: np.ndarray, bps: np.ndarray, predicted: np.ndarray, observed: np.ndarray
+) -> dict[str, dict[str, float | int]]:
+    """Region -> scores, from (N_scored,) regions and bps and (K, T, N_scored) arrays."""
+    per_region: dict[str, dict[str, float | int]] = {}
+    for region in sorted(set(regions.tolist())):
+        columns = np.flatnonzero(regions == region)
+        per_region[region] = {
+            "bps": _finite_mean(bps[columns]),
+            "bps_pooled": bits_per_spike_pooled(predicted[:, :, columns], observed[:, :, columns]),
+            "num_units": int(columns.size),
+        }
+    return per_region
+
+
 def score_task(
     plan: TaskPlan,
     rates: np.ndarray,
@@ -292,8 +307,8 @@ def score_task(
     num_units = spikes.shape[2]
     scored_units, scored_bins = plan.scored_units, plan.scored_bins
     bps_per_unit = np.full(num_units, np.nan)
-    per_region: dict[str, dict[str, float | int]] = {}
     if plan.skipped is not None or not scored_units.any():
+        reason = plan.skipped or "nothing scored"
         return TaskResult(
             plan.task,
             unit_regions,
@@ -302,22 +317,15 @@ def score_task(
             bps_per_unit,
             math.nan,
             math.nan,
-            per_region,
-            None,
-            plan.skipped or "nothing scored",
+            {},
+            skipped=reason,
         )
     units = np.flatnonzero(scored_units)
     predicted = rates[:, scored_bins][:, :, units]  # (K, T_scored, N_scored)
     observed = spikes[:, scored_bins][:, :, units]
     bps_per_unit[units] = bits_per_spike_per_unit(predicted, observed)
     regions = np.asarray(unit_regions)[units]
-    for region in sorted(set(regions.tolist())):
-        columns = np.flatnonzero(regions == region)
-        per_region[region] = {
-            "bps": _finite_mean(bps_per_unit[units[columns]]),
-            "bps_pooled": bits_per_spike_pooled(predicted[:, :, columns], observed[:, :, columns]),
-            "num_units": int(columns.size),
-        }
+    per_region = _per_region(regions, bps_per_unit[units], predicted, observed)
     return TaskResult(
         plan.task,
         unit_regions,

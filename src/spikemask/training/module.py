@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 
 import lightning as L
@@ -13,7 +14,9 @@ from torch import nn
 from spikemask.config import TrainConfig
 from spikemask.masking import MaskingConfig, MaskingMixture, MaskSpec, apply_mask
 
-__all__ = ["MtMModule", "masked_poisson_nll", "step_generator"]
+__all__ = [
+    "MtMModule", "masked_poisson_nll", "one_cycle_factor", "schedule_progress", "step_generator",
+]
 
 _TRAIN, _VAL = 1, 2
 
@@ -159,14 +162,34 @@ class MtMModule(L.LightningModule):
         cfg = self.train_config
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         total = self.trainer.estimated_stepping_batches
-        if math.isfinite(total) and total > 1:
-            schedule = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=cfg.lr, total_steps=int(total),
-                pct_start=max(cfg.warmup_fraction, 1e-3), anneal_strategy="cos",
-            )
-        else:  # wall-clock budget only: linear warm-up, then constant
-            warmup = 200
-            schedule = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda step: min(1.0, (step + 1) / warmup)
-            )
+        budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
+        progress = schedule_progress(total_steps=total, budget_s=budget_s)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: one_cycle_factor(progress(step), cfg.warmup_fraction)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def schedule_progress(*, total_steps: float, budget_s: float | None):
+    """Fraction of training done at a step: by steps, or by wall-clock time when a time
+    budget is set (whichever is further), so a run stopped by ``max_minutes`` still ends
+    its schedule annealed. Step-only schedules are deterministic."""
+    started = time.monotonic()
+
+    def progress(step: int) -> float:
+        done = step / total_steps if math.isfinite(total_steps) and total_steps > 0 else 0.0
+        if budget_s:
+            done = max(done, (time.monotonic() - started) / budget_s)
+        return min(done, 1.0)
+
+    return progress
+
+
+def one_cycle_factor(progress: float, warmup: float, *, start: float = 0.04,
+                     end: float = 1e-3) -> float:
+    """One-cycle learning-rate multiplier: linear warm-up from ``start`` to 1 over the first
+    ``warmup`` fraction, then cosine annealing down to ``end``."""
+    if warmup > 0 and progress < warmup:
+        return start + (1.0 - start) * progress / warmup
+    tail = (progress - warmup) / max(1.0 - warmup, 1e-9)
+    return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * min(tail, 1.0)))

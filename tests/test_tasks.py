@@ -1,0 +1,245 @@
+"""Activity tasks: plans, the batched runner against one forward pass per unit, scoring."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_session
+from spikemask.api import TrainedModel
+from spikemask.config import run_preset
+from spikemask.data.regions import RegionVocabulary
+from spikemask.data.session import Session
+from spikemask.errors import SpikemaskError
+from spikemask.evaluation.metrics import bits_per_spike_per_unit, bits_per_spike_pooled
+from spikemask.evaluation.runner import _chunks, predict_task
+from spikemask.evaluation.tasks import plan_task, score_task, to_jsonable
+from spikemask.masking import SCHEMES
+from spikemask.models import ModelConfig, build_model
+from spikemask.training.checkpoint import Checkpoint, SessionInfo
+
+REGIONS = ("VISp", "CA1", "root", "LGd")  # "root" = unlabelled
+
+
+def tiny_session(**kwargs) -> Session:
+    kwargs.setdefault("regions", REGIONS)
+    return make_session(**kwargs)
+
+
+def tiny_model(*sessions: Session, seed: int = 0, **overrides) -> TrainedModel:
+    """A random-weights NDT1 (eval mode) that knows ``sessions``."""
+    fields = {"width": 32, "num_layers": 2, "num_heads": 2, "mlp_width": 48, "stitch_width": 24}
+    config = run_preset("small")
+    config = dataclasses.replace(config, model=ModelConfig(**{**fields, **overrides}))
+    model = build_model(
+        config.model,
+        sessions={s.session_id: s.num_units for s in sessions},
+        num_prompts=len(SCHEMES),
+        generator=torch.Generator().manual_seed(seed),
+    )
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # larger random weights, so that units and bins differ clearly
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+    infos = {s.session_id: SessionInfo(s.session_id, s.unit_ids, s.unit_regions) for s in sessions}
+    regions = RegionVocabulary.from_sessions(sessions)
+    return TrainedModel(Checkpoint(model, config, infos, regions))
+
+
+def reference_rates(model, session, hidden_of_unit, *, scheme, causal=False) -> np.ndarray:
+    """One forward pass per unit: rates of unit n with ``hidden_of_unit(n)`` (T, N) hidden."""
+    spikes = session.split("test").spikes
+    num_trials, num_bins, num_units = spikes.shape
+    rates = np.full(spikes.shape, np.nan)
+    for n in range(num_units):
+        hidden_tn = hidden_of_unit(n)
+        if hidden_tn is None:
+            continue
+        hidden = torch.as_tensor(hidden_tn).expand(num_trials, num_bins, num_units)
+        (out,) = model.forward(
+            spikes, session, hidden=hidden, prompt=model.prompt_for(scheme), causal=causal
+        )
+        rates[:, :, n] = out.log_rates[:, :, n].exp().numpy()
+    return rates
+
+
+@pytest.fixture(scope="module")
+def session() -> Session:
+    return tiny_session(trials=(9, 4, 5))
+
+
+@pytest.fixture(scope="module")
+def model(session) -> TrainedModel:
+    return tiny_model(session)
+
+
+@pytest.mark.parametrize(("fast", "batch_size"), [(True, 4), (False, 7), (True, None)])
+def test_co_smoothing_equals_one_forward_pass_per_unit(session, model, fast, batch_size):
+    def hide_unit(n):
+        hidden = np.zeros((session.num_bins, session.num_units), dtype=bool)
+        hidden[:, n] = True
+        return hidden
+
+    expected = reference_rates(model, session, hide_unit, scheme="neuron")
+    plan = plan_task(session, "co-smoothing")
+    rates = predict_task(model, session, plan, batch_size=batch_size, fast=fast)
+    np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-7)
+    assert np.ptp(expected.mean(axis=(0, 1))) > 0.01  # units really differ
+
+
+def test_co_smoothing_of_ndt2_equals_one_forward_pass_per_unit(session):
+    model = tiny_model(session, architecture="ndt2", patch_size=4)
+
+    def hide_unit(n):
+        hidden = np.zeros((session.num_bins, session.num_units), dtype=bool)
+        hidden[:, n] = True
+        return hidden
+
+    expected = reference_rates(model, session, hide_unit, scheme="neuron")
+    rates = predict_task(model, session, plan_task(session, "co-smoothing"), batch_size=6)
+    np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_intra_region_equals_one_forward_pass_per_unit(session, model, fast):
+    regions = np.asarray(session.unit_regions)
+
+    def hide_outside_plus_unit(n):
+        if regions[n] == "root" or (regions == regions[n]).sum() < 2:
+            return None
+        hidden = np.broadcast_to(regions != regions[n], (session.num_bins, session.num_units))
+        hidden = hidden.copy()
+        hidden[:, n] = True
+        return hidden
+
+    expected = reference_rates(model, session, hide_outside_plus_unit, scheme="intra-region")
+    rates = predict_task(
+        model, session, plan_task(session, "intra-region"), batch_size=7, fast=fast
+    )
+    np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-7)
+    assert np.isnan(rates[:, :, regions == "root"]).all()  # unlabelled: never a target
+
+
+def test_forward_prediction_scores_only_the_last_bins():
+    session = tiny_session(num_bins=23, trials=(6, 2, 4))
+    model = tiny_model(session)
+    plan = plan_task(session, "forward-prediction")
+    num_hidden = round(0.1 * 23)  # 2
+    assert plan.scored_bins.tolist() == [False] * 21 + [True] * num_hidden
+    assert plan.causal and plan.scheme == "causal"
+    rates = predict_task(model, session, plan)
+    assert np.isnan(rates[:, :-num_hidden]).all() and np.isfinite(rates[:, -num_hidden:]).all()
+
+    hidden = np.zeros((session.num_bins, session.num_units), dtype=bool)
+    hidden[-num_hidden:] = True
+    expected = reference_rates(model, session, lambda n: hidden, scheme="causal", causal=True)
+    np.testing.assert_allclose(rates[:, -num_hidden:], expected[:, -num_hidden:], rtol=1e-5)
+    # the hidden bins' own counts cannot matter
+    test = session.split("test")
+    changed = test.spikes.copy()
+    changed[:, -num_hidden:] += 3
+    other = session.replace(
+        splits={**session.splits, "test": dataclasses.replace(test, spikes=changed)}
+    )
+    np.testing.assert_allclose(predict_task(model, other, plan), rates, rtol=1e-5)
+    # the result scores those bins only
+    result = score_task(plan, rates, test.spikes, unit_regions=session.unit_regions)
+    observed = test.spikes[:, -num_hidden:]
+    assert result.bps_pooled == pytest.approx(
+        bits_per_spike_pooled(rates[:, -num_hidden:], observed)
+    )
+
+
+def test_inter_region_hides_whole_regions(session, model):
+    plan = plan_task(session, "inter-region")
+    regions = np.asarray(session.unit_regions)
+    assert plan.num_variants == 3  # VISp, CA1, LGd; never "root"
+    for hidden, targets in zip(plan.hidden_units, plan.targets, strict=True):
+        region = regions[targets[0]]
+        assert region != "root"
+        np.testing.assert_array_equal(hidden, regions == region)
+        np.testing.assert_array_equal(targets, np.flatnonzero(regions == region))
+    rates = predict_task(model, session, plan, batch_size=3)
+    assert np.isnan(rates[:, :, regions == "root"]).all()
+    # a region's predictions ignore its own counts but not the other regions' counts
+    test = session.split("test")
+    for region, expect_same in (("CA1", True), ("VISp", False)):
+        changed = test.spikes.copy()
+        changed[:, :, regions == region] += 2
+        other = session.replace(
+            splits={**session.splits, "test": dataclasses.replace(test, spikes=changed)}
+        )
+        moved = predict_task(model, other, plan)[:, :, regions == "CA1"]
+        assert np.allclose(moved, rates[:, :, regions == "CA1"], rtol=1e-5) == expect_same
+
+
+def test_plans_of_a_single_region_session_are_skipped():
+    single = tiny_session(regions=("VISp", "root"))
+    for task in ("inter-region", "intra-region"):
+        plan = plan_task(single, task)
+        assert plan.num_variants == 0
+        assert "1 labelled region" in plan.skipped
+    assert plan_task(single, "co-smoothing").skipped is None
+    with pytest.raises(SpikemaskError, match="unknown activity task 'smoothing'"):
+        plan_task(single, "smoothing")
+
+
+def test_intra_region_skips_single_unit_regions_and_allows_only_its_region():
+    session = tiny_session(
+        num_units=7, regions=("VISp", "CA1", "VISp", "CA1", "LGd", "VISp", "root")
+    )
+    plan = plan_task(session, "intra-region")
+    assert sorted(int(t[0]) for t in plan.targets) == [0, 1, 2, 3, 5]  # not LGd (alone), root
+    allowed = plan.allowed_inputs()
+    np.testing.assert_array_equal(np.flatnonzero(allowed[:, 0]), [2, 5])
+    np.testing.assert_array_equal(np.flatnonzero(allowed[:, 1]), [3])
+    assert not allowed[:, [4, 6]].any()
+    co = plan_task(session, "co-smoothing").allowed_inputs()
+    np.testing.assert_array_equal(co, ~np.eye(7, dtype=bool))
+
+
+def test_chunks_cover_every_row_once():
+    for num_variants, num_trials, rows in [(5, 3, 4), (1, 7, 3), (4, 2, 100), (3, 3, 1)]:
+        seen = []
+        for segments in _chunks(num_variants, num_trials, rows):
+            assert sum(s.k_stop - s.k_start for s in segments) <= rows
+            offset = 0
+            for s in segments:
+                assert s.offset == offset
+                offset += s.k_stop - s.k_start
+                seen += [(s.variant, k) for k in range(s.k_start, s.k_stop)]
+        assert seen == [(g, k) for g in range(num_variants) for k in range(num_trials)]
+
+
+def test_score_task_per_unit_and_per_region_values():
+    session = tiny_session(num_units=6, regions=("VISp", "CA1", "root"), trials=(3, 2, 8))
+    spikes = session.split("test").spikes
+    plan = plan_task(session, "co-smoothing")
+    rng = np.random.default_rng(1)
+    rates = rng.uniform(0.05, 0.8, spikes.shape)
+    spikes = spikes.copy()
+    spikes[:, :, 4] = 0  # a silent unit: NaN bps, left out of the mean
+    result = score_task(plan, rates, spikes, unit_regions=session.unit_regions)
+    expected = bits_per_spike_per_unit(rates, spikes)
+    np.testing.assert_allclose(result.bps_per_unit, expected)
+    assert math.isnan(result.bps_per_unit[4])
+    assert result.bps == pytest.approx(np.nanmean(expected))
+    assert result.bps_pooled == pytest.approx(bits_per_spike_pooled(rates, spikes))
+    visp = [0, 3]
+    assert result.per_region["VISp"]["bps_pooled"] == pytest.approx(
+        bits_per_spike_pooled(rates[:, :, visp], spikes[:, :, visp])
+    )
+    assert result.per_region["CA1"]["num_units"] == 2
+    assert result.per_region["CA1"]["bps"] == pytest.approx(expected[1])  # unit 4 is silent
+    payload = result.to_json(digits=3)
+    assert set(payload) == {"bps", "bps_pooled", "num_units", "per_region"}
+    assert payload["bps"] == round(result.bps, 3) and payload["num_units"] == 6
+
+
+def test_to_jsonable_rounds_and_replaces_nan():
+    value = {"a": np.float32(0.123456), "b": [math.nan, np.int64(3), True], "c": math.inf}
+    assert to_jsonable(value, 3) == {"a": 0.123, "b": [None, 3, True], "c": None}

@@ -28,10 +28,16 @@ def measure(folders: list[str], preset: str, steps: int) -> dict:
     from spikemask.training.run import train
 
     start = time.perf_counter()
-    config = load_config(preset=preset, sets=[
-        f"train.max_steps={steps}", "train.max_epochs=null", "train.progress_bar=false",
-        "train.tensorboard=false", "data.session_sampling=balanced",
-    ])
+    config = load_config(
+        preset=preset,
+        sets=[
+            f"train.max_steps={steps}",
+            "train.max_epochs=null",
+            "train.progress_bar=false",
+            "train.tensorboard=false",
+            "data.session_sampling=balanced",
+        ],
+    )
     with tempfile.TemporaryDirectory() as out:
         result = train(folders, Path(out) / "run", config=config)
         from spikemask.training.checkpoint import load_checkpoint
@@ -80,8 +86,18 @@ def main() -> None:
     folders = sorted(str(p) for p in args.data.iterdir() if (p / "data").is_dir())
     rows = []
     for count in args.counts:
-        command = [sys.executable, __file__, "--data", str(args.data), "--preset", args.preset,
-                   "--steps", str(args.steps), "--child", *folders[:count]]
+        command = [
+            sys.executable,
+            __file__,
+            "--data",
+            str(args.data),
+            "--preset",
+            args.preset,
+            "--steps",
+            str(args.steps),
+            "--child",
+            *folders[:count],
+        ]
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(output.strip().splitlines()[-1]))
         print(f"measured {count} session(s)", file=sys.stderr)
@@ -89,13 +105,17 @@ def main() -> None:
 
 
 def _print_table(rows: list[dict], project: int) -> None:
-    print("| sessions | peak RSS (MB) | at end: heap (MB) | at end: mapped files (MB) "
-          "| per-session params (all sessions) | shared params | time (s) |")
+    print(
+        "| sessions | peak RSS (MB) | at end: heap (MB) | at end: mapped files (MB) "
+        "| per-session params (all sessions) | shared params | time (s) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['sessions']} | {r['peak_rss_mb']:.0f} | {r['anon_mb']:.0f} | "
-              f"{r['file_mb']:.0f} | {r['session_params']:,} | {r['shared_params']:,} | "
-              f"{r['seconds']:.0f} |")
+        print(
+            f"| {r['sessions']} | {r['peak_rss_mb']:.0f} | {r['anon_mb']:.0f} | "
+            f"{r['file_mb']:.0f} | {r['session_params']:,} | {r['shared_params']:,} | "
+            f"{r['seconds']:.0f} |"
+        )
     if len(rows) >= 2:
         first, last = rows[0], rows[-1]
         span = last["sessions"] - first["sessions"]
@@ -104,11 +124,13 @@ def _print_table(rows: list[dict], project: int) -> None:
         params_each = last["session_params"] / last["sessions"]
         heap_slope = (last["anon_mb"] - first["anon_mb"]) / span
         heap = first["anon_mb"] + heap_slope * (project - first["sessions"])
-        print(f"\nPeak RSS grows {slope:.1f} MB per session (projected {projected / 1024:.1f} GB "
-              f"for {project} sessions), of which the heap grows {heap_slope:.1f} MB per session "
-              f"(projected {heap / 1024:.1f} GB); the rest is memory-mapped spike counts, page "
-              f"cache the OS can reclaim. Per-session layers average {params_each:,.0f} "
-              f"parameters ({params_each * 16 / 2**20:.1f} MB with gradients and AdamW state).")
+        print(
+            f"\nPeak RSS grows {slope:.1f} MB per session (projected {projected / 1024:.1f} GB "
+            f"for {project} sessions), of which the heap grows {heap_slope:.1f} MB per session "
+            f"(projected {heap / 1024:.1f} GB); the rest is memory-mapped spike counts, page "
+            f"cache the OS can reclaim. Per-session layers average {params_each:,.0f} "
+            f"parameters ({params_each * 16 / 2**20:.1f} MB with gradients and AdamW state)."
+        )
 
 
 if __name__ == "__main__":

@@ -35,13 +35,23 @@ MODELS = {"NDT1 temporal": "temporal", "NDT1 MtM": "mtm"}
 
 def _train(session, out: Path, masking: str, args) -> dict:
     schemes = json.dumps(list(MaskingConfig.preset(masking).schemes))
-    config = load_config(preset="small", sets=[
-        f"train.max_steps={args.steps}", "train.max_epochs=null", f"train.seed={args.seed}",
-        "train.progress_bar=false", f"masking.schemes={schemes}",
-    ])
+    config = load_config(
+        preset="small",
+        sets=[
+            f"train.max_steps={args.steps}",
+            "train.max_epochs=null",
+            f"train.seed={args.seed}",
+            "train.progress_bar=false",
+            f"masking.schemes={schemes}",
+        ],
+    )
     result = train([session], out, config=config)
-    return {"steps": result.steps, "seconds": round(result.elapsed_s, 1),
-            "val_loss": result.best_val_loss, "val_null_loss": result.val_null_loss}
+    return {
+        "steps": result.steps,
+        "seconds": round(result.elapsed_s, 1),
+        "val_loss": result.best_val_loss,
+        "val_null_loss": result.val_null_loss,
+    }
 
 
 def _oracle(folder: Path, session) -> dict | None:
@@ -51,8 +61,10 @@ def _oracle(folder: Path, session) -> dict | None:
         return None
     rates = np.load(truth)
     spikes = session.split("test").spikes
-    return {"bps": bits_per_spike(rates, spikes),
-            "bps_pooled": bits_per_spike_pooled(rates, spikes)}
+    return {
+        "bps": bits_per_spike(rates, spikes),
+        "bps_pooled": bits_per_spike_pooled(rates, spikes),
+    }
 
 
 def run_session(folder: Path, args) -> dict:
@@ -67,8 +79,13 @@ def run_session(folder: Path, args) -> dict:
     started = time.perf_counter()
     results["linear"] = evaluate_linear_baseline([session], progress=False)
     timing = {"linear_seconds": round(time.perf_counter() - started, 1)}
-    return {"results": results, "training": training, "timing": timing,
-            "oracle": _oracle(folder, session), "units": session.num_units}
+    return {
+        "results": results,
+        "training": training,
+        "timing": timing,
+        "oracle": _oracle(folder, session),
+        "units": session.num_units,
+    }
 
 
 def main() -> None:
@@ -88,8 +105,10 @@ def main() -> None:
         started = time.perf_counter()
         summary[folder.name] = run_session(folder, args)
         summary_path.write_text(json.dumps(summary, indent=1))
-        print(f"[{index}/{len(folders)}] {folder.name}: {time.perf_counter() - started:.0f} s",
-              flush=True)
+        print(
+            f"[{index}/{len(folders)}] {folder.name}: {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
     print(table(summary))
 
 
@@ -107,8 +126,9 @@ def table(summary: dict) -> str:
     if oracles:
         text += "\n\nOracle: the true rates scored against the test split's counts:\n\n"
         text += "| session | bps (mean over units) | bps pooled |\n|---|---|---|\n"
-        text += "\n".join(f"| {k} | {v['bps']:.3f} | {v['bps_pooled']:.3f} |"
-                          for k, v in oracles.items())
+        text += "\n".join(
+            f"| {k} | {v['bps']:.3f} | {v['bps_pooled']:.3f} |" for k, v in oracles.items()
+        )
     return text
 
 

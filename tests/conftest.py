@@ -16,7 +16,9 @@ STEINMETZ = SHARED_DATA / "steinmetz2019"
 def steinmetz_dirs() -> list[Path]:
     """The real Steinmetz session folders, or a skip when ../shared/data is absent."""
     if not STEINMETZ.is_dir():
-        pytest.skip(f"real data folder {STEINMETZ} is absent (needs ../shared/data beside the repo)")
+        pytest.skip(
+            f"real data folder {STEINMETZ} is absent (needs ../shared/data beside the repo)"
+        )
     return sorted(p for p in STEINMETZ.iterdir() if (p / "data").is_dir())
 
 

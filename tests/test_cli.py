@@ -7,11 +7,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_session, steinmetz_dirs
 
 from spikemask.cli import main
 from spikemask.data.bundled import bundled_session_dir
 from spikemask.data.parquet import write_session
+
+from conftest import make_session, steinmetz_dirs
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -50,8 +51,10 @@ def test_inspect_every_real_session_matches_an_independent_read(capsys):
         assert code == 0
         summary = json.loads(out)
         for split in ("train", "val", "test"):
-            table = pq.read_table(next((folder / "data").glob(f"{split}-*.parquet")),
-                                  columns=["spikes_sparse_data", "spikes_sparse_shape"])
+            table = pq.read_table(
+                next((folder / "data").glob(f"{split}-*.parquet")),
+                columns=["spikes_sparse_data", "spikes_sparse_shape"],
+            )
             spikes = sum(sum(r) for r in table.column("spikes_sparse_data").to_pylist())
             assert summary["num_trials"][split] == table.num_rows
             assert summary["total_spikes"][split] == spikes
@@ -64,16 +67,26 @@ def test_inspect_every_real_session_matches_an_independent_read(capsys):
     [
         (["inspect", "/nonexistent/folder"], "does not exist"),
         (["train", "/nonexistent/folder", "--out", "{tmp}/r"], "does not exist"),
-        (["train", str(bundled_session_dir()), "--out", "{tmp}/r", "--set", "model.widht=3"],
-         "unknown key 'widht'"),
-        (["train", str(bundled_session_dir()), "--out", "{tmp}/r", "--set", "train.lr=fast"],
-         "train: lr: expected a number"),
-        (["train", str(bundled_session_dir()), "--out", "{tmp}/r", "--max-epochs", "0"],
-         "max_epochs=0; expected a positive number"),
-        (["train", str(bundled_session_dir()), "--out", "{tmp}/r", "--config", "{tmp}/no.yaml"],
-         "config file .* does not exist"),
-        (["finetune", "{tmp}/norun", str(bundled_session_dir()), "--out", "{tmp}/f"],
-         "run folder .* does not exist"),
+        (
+            ["train", str(bundled_session_dir()), "--out", "{tmp}/r", "--set", "model.widht=3"],
+            "unknown key 'widht'",
+        ),
+        (
+            ["train", str(bundled_session_dir()), "--out", "{tmp}/r", "--set", "train.lr=fast"],
+            "train: lr: expected a number",
+        ),
+        (
+            ["train", str(bundled_session_dir()), "--out", "{tmp}/r", "--max-epochs", "0"],
+            "max_epochs=0; expected a positive number",
+        ),
+        (
+            ["train", str(bundled_session_dir()), "--out", "{tmp}/r", "--config", "{tmp}/no.yaml"],
+            "config file .* does not exist",
+        ),
+        (
+            ["finetune", "{tmp}/norun", str(bundled_session_dir()), "--out", "{tmp}/f"],
+            "run folder .* does not exist",
+        ),
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_2(tmp_path, capsys, args, message):
@@ -89,7 +102,9 @@ def test_user_mistakes_give_one_line_and_exit_2(tmp_path, capsys, args, message)
 def test_console_script_exits_nonzero_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "spikemask.cli", "inspect", str(tmp_path / "missing")],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr

@@ -63,7 +63,9 @@ def test_yaml_errors(tmp_path):
 
 def test_parse_set_options_nests():
     assert parse_set_options(["a.b=1", "a.c=x", "d=[1, 2]"]) == {
-        "a": {"b": 1, "c": "x"}, "d": [1, 2]}
+        "a": {"b": 1, "c": "x"},
+        "d": [1, 2],
+    }
 
 
 def test_example_configs_in_the_repo_load():

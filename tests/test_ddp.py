@@ -15,16 +15,25 @@ import sys
 import numpy as np
 import pandas as pd
 import torch
-from conftest import make_session
 from safetensors.torch import load_file
 
 from spikemask.data.parquet import write_session
 
+from conftest import make_session
+
 SETTINGS = [
-    "model.width=32", "model.num_layers=1", "model.num_heads=2", "model.mlp_width=48",
-    "model.stitch_width=16", "model.dropout=0.0", "model.embed_dropout=0.0",
-    "data.batch_size=8", "train.log_every_n_steps=1", "train.tensorboard=false",
-    "train.lr=0.01", "train.accelerator=cpu",
+    "model.width=32",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.mlp_width=48",
+    "model.stitch_width=16",
+    "model.dropout=0.0",
+    "model.embed_dropout=0.0",
+    "data.batch_size=8",
+    "train.log_every_n_steps=1",
+    "train.tensorboard=false",
+    "train.lr=0.01",
+    "train.accelerator=cpu",
 ]
 
 
@@ -35,16 +44,32 @@ def _free_port() -> int:
 
 
 def _train(data, out, *, processes: int) -> subprocess.CompletedProcess:
-    args = ["-m", "spikemask.cli", "train", *map(str, data), "--out", str(out),
-            "--max-steps", "6", "--quiet"]
+    args = [
+        "-m",
+        "spikemask.cli",
+        "train",
+        *map(str, data),
+        "--out",
+        str(out),
+        "--max-steps",
+        "6",
+        "--quiet",
+    ]
     for item in SETTINGS:
         args += ["--set", item]
     if processes > 1:
-        args = ["-m", "torch.distributed.run", f"--nproc-per-node={processes}",
-                "--master-addr=127.0.0.1", f"--master-port={_free_port()}", *args]
+        args = [
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={processes}",
+            "--master-addr=127.0.0.1",
+            f"--master-port={_free_port()}",
+            *args,
+        ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
-                            timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -57,9 +82,12 @@ def _step_losses(run_dir) -> np.ndarray:
 def test_two_process_gloo_run_matches_one_process(tmp_path):
     # two sessions with different unit counts; 16 and 8 training trials -> whole global batches
     data = [
-        write_session(make_session(session_id="a", trials=(16, 4, 4), num_units=11), tmp_path / "a"),
-        write_session(make_session(session_id="b", trials=(8, 4, 4), num_units=9, seed=3),
-                      tmp_path / "b"),
+        write_session(
+            make_session(session_id="a", trials=(16, 4, 4), num_units=11), tmp_path / "a"
+        ),
+        write_session(
+            make_session(session_id="b", trials=(8, 4, 4), num_units=9, seed=3), tmp_path / "b"
+        ),
     ]
     _train(data, tmp_path / "one", processes=1)
     _train(data, tmp_path / "two", processes=2)

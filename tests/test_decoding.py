@@ -90,6 +90,26 @@ def test_decode_per_bin_recovers_linear_signal_and_drops_nan_rows() -> None:
     assert set(result) == {"r2", "num_trials", "alpha"}
 
 
+@pytest.mark.parametrize("num_features", [5, 40])  # more rows than features, and fewer
+def test_ridge_path_matches_sklearn(num_features: int) -> None:
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from spikemask.evaluation.decoding import _fit_ridge
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(2.0, 3.0, size=(21, num_features))
+    x[:, 1] = 4.0  # a constant feature
+    y = x[:, 0] - 0.5 * x[:, 2] + rng.normal(size=21)
+    alphas = np.array([0.1, 10.0])
+    x_new = rng.normal(size=(7, num_features))
+    ours = _fit_ridge(x, y, alphas)(x_new)
+    for column, alpha in enumerate(alphas):
+        reference = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x, y)
+        np.testing.assert_allclose(ours[:, column], reference.predict(x_new), rtol=1e-8)
+
+
 def test_decode_per_bin_needs_two_training_trials() -> None:
     y_train = np.full((3, 4), np.nan)
     y_train[0] = 1.0

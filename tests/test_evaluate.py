@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_session
 from spikemask.cli import main
 from spikemask.data.parquet import write_session
 from spikemask.data.session import TrialSet
@@ -20,6 +19,8 @@ from spikemask.evaluation.runner import predict_task
 from spikemask.evaluation.tasks import plan_task, score_task
 from spikemask.training.checkpoint import save_checkpoint
 from test_tasks import tiny_model, tiny_session
+
+from conftest import make_session
 
 ACTIVITY_KEYS = ("co_smoothing", "forward_prediction", "inter_region", "intra_region")
 
@@ -168,41 +169,27 @@ def test_cli_evaluate_writes_json_table_and_report(tmp_path, capsys, model, sess
     (run / "run.json").write_text(json.dumps({"sources": data}))
     assert run_sources(run) == data
     out = tmp_path / "out" / "results.json"
-    code = main(
-        [
-            "evaluate",
-            str(run),
-            "--out",
-            str(out),
-            "--report",
-            str(tmp_path / "rep"),
-            "--baseline",
-            "linear",
-            "--tasks",
-            "co-smoothing",
-            "choice",
-            "--quiet",
-        ]
-    )
+    # the form RUN_DIR DATA_DIR..., with a baseline and a report
+    code = main(["evaluate", str(run), data[0], "--out", str(out), "--report",
+                 str(tmp_path / "rep"), "--baseline", "linear", "--tasks", "co-smoothing",
+                 "choice", "--quiet"])  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0
     results = json.loads(out.read_text())
     assert set(results) == {"sessions", "mean", "model", "split", "comparisons"}
+    assert set(results["sessions"]) == {"a"}
     assert set(results["sessions"]["a"]) == {"co_smoothing", "choice"}
     assert results["model"]["run"] == str(run)
     assert set(results["comparisons"]) == {"linear"}
-    assert "| a | mtm |" in printed and "| mean | linear |" in printed
+    assert "| a | mtm |" in printed and "| a | linear |" in printed
     report = (tmp_path / "rep" / "report.md").read_text()
     figures = sorted(p.name for p in (tmp_path / "rep" / "figures").iterdir())
-    assert figures == sorted(
-        f"{s}-{kind}.png" for s in ("a", "b") for kind in ("regions", "psth", "behavior")
-    )
+    assert figures == ["a-behavior.png", "a-psth.png", "a-regions.png"]
     assert all(f"figures/{name}" in report for name in figures)
 
-    # the form: RUN_DIR DATA_DIR..., and an unknown task
-    code = main(
-        ["evaluate", str(run), data[1], "--out", str(out), "--tasks", "inter-region", "--quiet"]
-    )
-    assert code == 0 and set(json.loads(out.read_text())["sessions"]) == {"b"}
+    # no dataset given: the run's own (run.json); then an unknown task
+    code = main(["evaluate", str(run), "--out", str(out), "--tasks", "inter-region", "--quiet"])
+    assert code == 0 and set(json.loads(out.read_text())["sessions"]) == {"a", "b"}
+    assert "| mean | mtm |" in capsys.readouterr().out
     code = main(["evaluate", str(run), "--out", str(out), "--tasks", "bogus"])
     assert code == 2 and "unknown task(s) ['bogus']" in capsys.readouterr().err

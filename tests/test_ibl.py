@@ -385,13 +385,36 @@ def test_prepare_ibl_command_offline_then_train_ready(cache: dict, tmp_path: Pat
     from spikemask.cli import main
 
     out = tmp_path / "cli"
-    args = ["prepare", "ibl", "--eid", cache["eids"]["001"], "--out", str(out),
-            "--cache-dir", str(cache["root"]), "--local"]
+    args = [
+        "prepare",
+        "ibl",
+        "--eid",
+        cache["eids"]["001"],
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache["root"]),
+        "--local",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "18/500 trials kept" in printed and "dropped:" in printed
     session = read_session(out, cache=False)
     assert session.num_bins == 100 and session.bin_size_s == pytest.approx(0.02)
-    assert main(["prepare", "ibl", "--eid", "not-an-eid", "--out", str(tmp_path / "x"),
-                 "--cache-dir", str(cache["root"]), "--local"]) == 2
+    assert (
+        main(
+            [
+                "prepare",
+                "ibl",
+                "--eid",
+                "not-an-eid",
+                "--out",
+                str(tmp_path / "x"),
+                "--cache-dir",
+                str(cache["root"]),
+                "--local",
+            ]
+        )
+        == 2
+    )
     assert "unknown eid" in capsys.readouterr().err

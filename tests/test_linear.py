@@ -10,6 +10,7 @@ import torch
 
 from spikemask.errors import SpikemaskError
 from spikemask.evaluation.linear import (
+    LinearBaselineConfig,
     MaskedPoissonGLM,
     fit_forward_predictor,
     smooth_counts,
@@ -119,6 +120,12 @@ def test_disallowed_inputs_do_not_leak() -> None:
         scores[name] = bits_per_spike_pooled(glm.predict_rates(smoothed_test), test)
     assert scores["all"] > 0.2  # a unit's own smoothed counts predict it well
     assert scores["others"] < 0.03  # independent units carry nothing about it
+
+
+def test_glm_from_config() -> None:
+    config = LinearBaselineConfig(l2=0.5, max_iter=7, per_bin_offset=False)
+    glm = MaskedPoissonGLM.from_config(np.ones((3, 2), bool), config)
+    assert (glm.l2, glm.max_iter, glm.per_bin_offset) == (0.5, 7, False)
 
 
 def test_glm_predict_checks_inputs() -> None:

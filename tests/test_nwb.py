@@ -256,16 +256,38 @@ def test_prepare_nwb_command_then_train_on_the_result(tmp_path, capsys):
     from spikemask.cli import main
 
     out = tmp_path / "a2929"
-    assert main(["prepare", "nwb", str(REAL_NWB), "--out", str(out), "--epoch", "wake",
-                 "--behavior", "acquisition/CompassDirection/rz"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "nwb",
+                str(REAL_NWB),
+                "--out",
+                str(out),
+                "--epoch",
+                "wake",
+                "--behavior",
+                "acquisition/CompassDirection/rz",
+            ]
+        )
+        == 0
+    )
     assert "264/300 windows kept, 15 units" in capsys.readouterr().out
-    tiny = ["model.width=32", "model.num_layers=1", "model.num_heads=2", "model.mlp_width=32",
-            "train.tensorboard=false", "data.batch_size=16"]
+    tiny = [
+        "model.width=32",
+        "model.num_layers=1",
+        "model.num_heads=2",
+        "model.mlp_width=32",
+        "train.tensorboard=false",
+        "data.batch_size=16",
+    ]
     args = ["train", str(out), "--out", str(tmp_path / "run"), "--max-steps", "2", "--quiet"]
     for item in tiny:
         args += ["--set", item]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert " / 2\n" in printed and "mean-rate null 0." in printed
-    assert main(["prepare", "nwb", str(tmp_path / "missing.nwb"), "--out", str(tmp_path / "m")]) == 2
+    assert (
+        main(["prepare", "nwb", str(tmp_path / "missing.nwb"), "--out", str(tmp_path / "m")]) == 2
+    )
     assert "not found" in capsys.readouterr().err

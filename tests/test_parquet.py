@@ -8,11 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_session, steinmetz_dirs
 
 from spikemask.data import cache
 from spikemask.data.parquet import read_session, write_session
 from spikemask.errors import SpikemaskError
+
+from conftest import make_session, steinmetz_dirs
 
 
 def _write(tmp_path: Path, **kwargs) -> Path:
@@ -74,7 +75,9 @@ def _corrupt(tmp_path: Path, split: str, name: str, make) -> Path:
     table = pq.read_table(path)
     rows = table.column(name).to_pylist()
     table = table.set_column(
-        table.column_names.index(name), name, pa.array(make(rows), type=_type_for(table, name, make))
+        table.column_names.index(name),
+        name,
+        pa.array(make(rows), type=_type_for(table, name, make)),
     )
     pq.write_table(table, path)
     return folder
@@ -90,31 +93,66 @@ def _with_type(fn, arrow_type):
 
 
 BAD_INPUTS = [
-    ("indptr length", "spikes_sparse_indptr", lambda r: [r[0][:-1], *r[1:]],
-     r"spikes_sparse_indptr.*row 0.*expected T \+ 1 = 8"),
-    ("index out of range", "spikes_sparse_indices", lambda r: [[99] + r[0][1:], *r[1:]],
-     r"spikes_sparse_indices.*unit index 99.*\[0, 11\)"),
-    ("negative count", "spikes_sparse_data", lambda r: [[-1] + r[0][1:], *r[1:]],
-     r"spikes_sparse_data.*negative count -1"),
-    ("non-integer count", "spikes_sparse_data",
-     _with_type(lambda r: [[0.5] + r[0][1:], *r[1:]], pa.list_(pa.float64())),
-     r"spikes_sparse_data.*non-integer"),
-    ("NaN count", "spikes_sparse_data",
-     _with_type(lambda r: [[float("nan")] + r[0][1:], *r[1:]], pa.list_(pa.float64())),
-     r"spikes_sparse_data.*NaN"),
-    ("regions length", "cluster_regions", lambda r: [x[:-1] for x in r],
-     r"cluster_regions.*10 entries.*expected one per unit \(11"),
-    ("inconsistent unit metadata", "cluster_uuids", lambda r: [r[0], ["x"] * 11, *r[2:]],
-     r"cluster_uuids.*differs between row 0 and row 1"),
-    ("indptr not monotone", "spikes_sparse_indptr",
-     lambda r: [[0, 5, 2, *r[0][3:]], *r[1:]], r"spikes_sparse_indptr.*not a valid row pointer"),
-    ("shape differs", "spikes_sparse_shape", lambda r: [r[0], [7, 12], *r[2:]],
-     r"spikes_sparse_shape.*\[7, 12\] in row 1"),
+    (
+        "indptr length",
+        "spikes_sparse_indptr",
+        lambda r: [r[0][:-1], *r[1:]],
+        r"spikes_sparse_indptr.*row 0.*expected T \+ 1 = 8",
+    ),
+    (
+        "index out of range",
+        "spikes_sparse_indices",
+        lambda r: [[99, *r[0][1:]], *r[1:]],
+        r"spikes_sparse_indices.*unit index 99.*\[0, 11\)",
+    ),
+    (
+        "negative count",
+        "spikes_sparse_data",
+        lambda r: [[-1, *r[0][1:]], *r[1:]],
+        r"spikes_sparse_data.*negative count -1",
+    ),
+    (
+        "non-integer count",
+        "spikes_sparse_data",
+        _with_type(lambda r: [[0.5, *r[0][1:]], *r[1:]], pa.list_(pa.float64())),
+        r"spikes_sparse_data.*non-integer",
+    ),
+    (
+        "NaN count",
+        "spikes_sparse_data",
+        _with_type(lambda r: [[float("nan"), *r[0][1:]], *r[1:]], pa.list_(pa.float64())),
+        r"spikes_sparse_data.*NaN",
+    ),
+    (
+        "regions length",
+        "cluster_regions",
+        lambda r: [x[:-1] for x in r],
+        r"cluster_regions.*10 entries.*expected one per unit \(11",
+    ),
+    (
+        "inconsistent unit metadata",
+        "cluster_uuids",
+        lambda r: [r[0], ["x"] * 11, *r[2:]],
+        r"cluster_uuids.*differs between row 0 and row 1",
+    ),
+    (
+        "indptr not monotone",
+        "spikes_sparse_indptr",
+        lambda r: [[0, 5, 2, *r[0][3:]], *r[1:]],
+        r"spikes_sparse_indptr.*not a valid row pointer",
+    ),
+    (
+        "shape differs",
+        "spikes_sparse_shape",
+        lambda r: [r[0], [7, 12], *r[2:]],
+        r"spikes_sparse_shape.*\[7, 12\] in row 1",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "column", "make", "message"), BAD_INPUTS,
-                         ids=[c[0] for c in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("case", "column", "make", "message"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS]
+)
 def test_malformed_input_names_file_and_field(tmp_path, case, column, make, message):
     folder = _corrupt(tmp_path, "train", column, make)
     with pytest.raises(SpikemaskError, match=message) as info:
@@ -166,7 +204,7 @@ def test_units_differ_between_splits(tmp_path):
     (folder / "data" / "test-00000-of-00001.parquet").write_bytes(
         (other / "data" / "test-00000-of-00001.parquet").read_bytes()
     )
-    with pytest.raises(SpikemaskError, match="differs from .*train"):
+    with pytest.raises(SpikemaskError, match=r"differs from .*train"):
         read_session(folder)
 
 

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_session
 from safetensors.torch import load_file, save_file
 
 from spikemask.api import load_run
@@ -19,11 +18,21 @@ from spikemask.training.checkpoint import load_checkpoint
 from spikemask.training.finetune import finetune
 from spikemask.training.run import train
 
+from conftest import make_session
+
 TINY = [
-    "model.width=32", "model.num_layers=1", "model.num_heads=2", "model.mlp_width=48",
-    "model.stitch_width=16", "model.dropout=0.0", "model.embed_dropout=0.0",
-    "data.batch_size=4", "train.progress_bar=false", "train.tensorboard=false",
-    "train.log_every_n_steps=1", "train.lr=0.01",
+    "model.width=32",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.mlp_width=48",
+    "model.stitch_width=16",
+    "model.dropout=0.0",
+    "model.embed_dropout=0.0",
+    "data.batch_size=4",
+    "train.progress_bar=false",
+    "train.tensorboard=false",
+    "train.log_every_n_steps=1",
+    "train.lr=0.01",
 ]
 
 
@@ -32,8 +41,10 @@ def tiny_config(*extra: str):
 
 
 def _losses(run_dir, column="train_loss"):
-    parts = sorted((run_dir / "logs" / "csv").glob("version_*/metrics.csv"),
-                   key=lambda p: int(p.parent.name.split("_")[1]))
+    parts = sorted(
+        (run_dir / "logs" / "csv").glob("version_*/metrics.csv"),
+        key=lambda p: int(p.parent.name.split("_")[1]),
+    )
     frame = pd.concat([pd.read_csv(p) for p in parts])
     return frame[column].dropna().to_numpy()
 
@@ -51,9 +62,14 @@ def test_loss_decreases_on_a_session_with_structure(tmp_path):
 
 def test_same_seed_same_run_different_seed_different(tmp_path):
     session = make_session()
-    runs = [train([session], tmp_path / f"r{i}", config=tiny_config("train.max_steps=4",
-                                                                     f"train.seed={seed}"))
-            for i, seed in enumerate([3, 3, 4])]
+    runs = [
+        train(
+            [session],
+            tmp_path / f"r{i}",
+            config=tiny_config("train.max_steps=4", f"train.seed={seed}"),
+        )
+        for i, seed in enumerate([3, 3, 4])
+    ]
     weights = [load_file(r.run_dir / "checkpoints" / "last" / "model.safetensors") for r in runs]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
@@ -81,8 +97,9 @@ def test_resume_equals_uninterrupted(tmp_path):
     b = load_file(resumed.run_dir / "checkpoints" / "last" / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(_losses(full.run_dir, "val_loss"),
-                               _losses(resumed.run_dir, "val_loss"), rtol=1e-5)
+    np.testing.assert_allclose(
+        _losses(full.run_dir, "val_loss"), _losses(resumed.run_dir, "val_loss"), rtol=1e-5
+    )
 
 
 def test_resume_errors(tmp_path):
@@ -137,7 +154,7 @@ def test_corrupted_and_mismatched_checkpoints(trained_run, tmp_path):
     with pytest.raises(SpikemaskError, match="not a spikemask checkpoint"):
         load_checkpoint(folder)
     (folder / "vocab.json").unlink()
-    with pytest.raises(SpikemaskError, match="vocab.json' is missing"):
+    with pytest.raises(SpikemaskError, match=r"vocab\.json' is missing"):
         load_checkpoint(folder)
 
 
@@ -166,8 +183,9 @@ def test_finetune_adds_a_session_and_session_mode_freezes_the_rest(trained_run, 
 
 def test_finetune_full_changes_shared_weights(trained_run, tmp_path):
     new = make_session(session_id="new", num_units=9, seed=5)
-    result = finetune(trained_run, [new], tmp_path / "ft", mode="full",
-                      config=tiny_config("train.max_steps=3"))
+    result = finetune(
+        trained_run, [new], tmp_path / "ft", mode="full", config=tiny_config("train.max_steps=3")
+    )
     before = load_file(trained_run / "checkpoints" / "best" / "model.safetensors")
     after = load_checkpoint(result.run_dir / "checkpoints" / "last").model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
@@ -180,7 +198,7 @@ def test_finetune_errors(trained_run, tmp_path):
         finetune(trained_run, [tmp_path / "missing"], tmp_path / "b", config=tiny_config())
     with pytest.raises(SpikemaskError, match="mode='half'"):
         finetune(trained_run, [make_session(session_id="x")], tmp_path / "c", mode="half")
-    with pytest.raises(SpikemaskError, match="run folder .* does not exist"):
+    with pytest.raises(SpikemaskError, match=r"run folder .* does not exist"):
         finetune(tmp_path / "norun", [make_session(session_id="x")], tmp_path / "d")
 
 
@@ -189,8 +207,11 @@ def test_region_masking_needs_regions(tmp_path):
     with pytest.raises(SpikemaskError, match="has 0 labelled region"):
         train([session], tmp_path / "r", config=tiny_config("train.max_steps=1"))
     # without region schemes the same session trains
-    result = train([session], tmp_path / "t", config=tiny_config(
-        "train.max_steps=1", "masking.schemes=[temporal]"))
+    result = train(
+        [session],
+        tmp_path / "t",
+        config=tiny_config("train.max_steps=1", "masking.schemes=[temporal]"),
+    )
     assert result.steps == 1
 
 

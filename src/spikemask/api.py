@@ -105,9 +105,16 @@ class TrainedModel:
             chunk = spikes[start : start + batch_size].to(self.device)
             if hidden is not None:
                 chunk = chunk.masked_fill(hidden[start : start + batch_size].to(self.device), 0.0)
-            out = self.model(chunk, session_id=session.session_id, prompt=prompt, causal=causal,
-                             region_ids=region_ids)
-            yield ModelOutput(log_rates=out.log_rates.float().cpu(), latents=out.latents.float().cpu())
+            out = self.model(
+                chunk,
+                session_id=session.session_id,
+                prompt=prompt,
+                causal=causal,
+                region_ids=region_ids,
+            )
+            yield ModelOutput(
+                log_rates=out.log_rates.float().cpu(), latents=out.latents.float().cpu()
+            )
 
     def predict(
         self,
@@ -128,8 +135,13 @@ class TrainedModel:
         return self._run(session, split, masking, seed, batch_size, "log_rates")
 
     def latents(
-        self, session: Session, *, split: str = "test", masking: str | MaskSpec | None = None,
-        seed: int = 0, batch_size: int = 256,
+        self,
+        session: Session,
+        *,
+        split: str = "test",
+        masking: str | MaskSpec | None = None,
+        seed: int = 0,
+        batch_size: int = 256,
     ) -> np.ndarray:
         """Final-layer states (K, T, D) of the time-bin tokens for the trials of ``split``."""
         return self._run(session, split, masking, seed, batch_size, "latents")
@@ -137,11 +149,18 @@ class TrainedModel:
     def _run(self, session, split, masking, seed, batch_size, field) -> np.ndarray:
         spikes = session.split(split).spikes
         spec = self._spec(masking, session, spikes.shape, seed)
-        prompt = self.prompt_for(spec.scheme) if spec is not None else self.prompt_for(
-            self.trained_schemes[0])
+        prompt = (
+            self.prompt_for(spec.scheme)
+            if spec is not None
+            else self.prompt_for(self.trained_schemes[0])
+        )
         outputs = self.forward(
-            spikes, session, hidden=None if spec is None else spec.hidden,
-            prompt=prompt, causal=bool(spec is not None and spec.causal), batch_size=batch_size,
+            spikes,
+            session,
+            hidden=None if spec is None else spec.hidden,
+            prompt=prompt,
+            causal=bool(spec is not None and spec.causal),
+            batch_size=batch_size,
         )
         return torch.cat([getattr(o, field) for o in outputs]).numpy()
 
@@ -150,6 +169,6 @@ class TrainedModel:
             return masking
         mixture = MaskingMixture(self.checkpoint.config.masking)
         generator = torch.Generator().manual_seed(seed)
-        return mixture.build(masking, tuple(shape), generator=generator,
-                             region_ids=self.region_ids(session))
-
+        return mixture.build(
+            masking, tuple(shape), generator=generator, region_ids=self.region_ids(session)
+        )

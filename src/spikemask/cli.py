@@ -18,8 +18,17 @@ from spikemask.errors import SpikemaskError
 
 __all__ = ["main"]
 
-MASKING_CHOICES = ("mtm", "mtm-temporal", "temporal", "neuron", "causal", "inter-region",
-                   "intra-region", "random", "random-token")
+MASKING_CHOICES = (
+    "mtm",
+    "mtm-temporal",
+    "temporal",
+    "neuron",
+    "causal",
+    "inter-region",
+    "intra-region",
+    "random",
+    "random-token",
+)
 
 
 def _add_budget_flags(parser: argparse.ArgumentParser) -> None:
@@ -28,10 +37,17 @@ def _add_budget_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, help="stop after this wall-clock time")
     parser.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     parser.add_argument("--config", type=Path, help="YAML file of config overrides")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set model.width=256 (repeatable)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the interrupted run in --out")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set model.width=256 (repeatable)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the interrupted run in --out"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -55,8 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="+", help="dataset folders (or a .txt file listing them)")
     p.add_argument("--out", type=Path, required=True, help="new run folder")
     p.add_argument("--preset", choices=("small", "paper"), default="small")
-    p.add_argument("--masking", choices=MASKING_CHOICES,
-                   help="masking scheme(s) to train with (default: mtm, the paper's mixture)")
+    p.add_argument(
+        "--masking",
+        choices=MASKING_CHOICES,
+        help="masking scheme(s) to train with (default: mtm, the paper's mixture)",
+    )
     p.add_argument("--model", choices=("ndt1", "ndt2"), help="architecture (default ndt1)")
     _add_budget_flags(p)
 
@@ -64,18 +83,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="run folder of the pre-trained model")
     p.add_argument("data", nargs="+", help="dataset folders of the new sessions")
     p.add_argument("--out", type=Path, required=True, help="new run folder")
-    p.add_argument("--mode", choices=("full", "session"), default="full",
-                   help="train all weights, or only the new session's layers")
-    p.add_argument("--masking", choices=MASKING_CHOICES,
-                   help="masking for fine-tuning (default: the pre-training masking)")
-    p.add_argument("--which", choices=("best", "last"), default="best",
-                   help="which checkpoint of the run to start from")
+    p.add_argument(
+        "--mode",
+        choices=("full", "session"),
+        default="full",
+        help="train all weights, or only the new session's layers",
+    )
+    p.add_argument(
+        "--masking",
+        choices=MASKING_CHOICES,
+        help="masking for fine-tuning (default: the pre-training masking)",
+    )
+    p.add_argument(
+        "--which",
+        choices=("best", "last"),
+        default="best",
+        help="which checkpoint of the run to start from",
+    )
     _add_budget_flags(p)
 
     p = sub.add_parser("demo", help="train, evaluate and report on the shipped real session")
     p.add_argument("--out", type=Path, default=Path("spikemask-demo"), help="output folder")
-    p.add_argument("--minutes", type=float, default=6.0,
-                   help="total training time of the two models (default 6)")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=6.0,
+        help="total training time of the two models (default 6)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace an earlier demo's results")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -98,9 +132,11 @@ def _budget_sets(args: argparse.Namespace) -> list[str]:
     sets = []
     if args.max_epochs is not None or args.max_steps is not None or args.max_minutes is not None:
         # an explicit budget replaces the preset's, rather than adding to it
-        sets += [f"train.max_epochs={_null(args.max_epochs)}",
-                 f"train.max_steps={_null(args.max_steps)}",
-                 f"train.max_minutes={_null(args.max_minutes)}"]
+        sets += [
+            f"train.max_epochs={_null(args.max_epochs)}",
+            f"train.max_steps={_null(args.max_steps)}",
+            f"train.max_minutes={_null(args.max_minutes)}",
+        ]
     if args.seed is not None:
         sets.append(f"train.seed={args.seed}")
     if args.quiet:
@@ -178,8 +214,16 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     sets = _budget_sets(args)
     if args.masking:
         sets.append(f"masking={json.dumps(_masking_values(args.masking))}")
-    result = finetune(args.run, args.data, args.out, mode=args.mode, which=args.which,
-                      config_path=args.config, sets=[*sets, *args.sets], resume=args.resume)
+    result = finetune(
+        args.run,
+        args.data,
+        args.out,
+        mode=args.mode,
+        which=args.which,
+        config_path=args.config,
+        sets=[*sets, *args.sets],
+        resume=args.resume,
+    )
     _report(result)
     return 0
 
@@ -191,8 +235,10 @@ def _report(result) -> None:
         return
     print(f"run folder     {result.run_dir}")
     print(f"epochs / steps {result.epochs} / {result.steps}")
-    print(f"best val loss  {result.best_val_loss:.5f}  (Poisson NLL per scored entry, "
-          "mean over masking schemes)")
+    print(
+        f"best val loss  {result.best_val_loss:.5f}  (Poisson NLL per scored entry, "
+        "mean over masking schemes)"
+    )
     print(f"mean-rate null {result.val_null_loss:.5f}  (per-unit mean rate, same entries)")
     print(f"time           {result.elapsed_s:.1f} s")
 
@@ -206,13 +252,20 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from spikemask.demo import run_demo
 
-    run_demo(args.out, minutes=args.minutes, seed=args.seed, force=args.force,
-             progress=not args.quiet)
+    run_demo(
+        args.out, minutes=args.minutes, seed=args.seed, force=args.force, progress=not args.quiet
+    )
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "inspect": cmd_inspect, "synth": cmd_synth, "train": cmd_train,
-            "finetune": cmd_finetune, "prepare": cmd_prepare}
+COMMANDS = {
+    "demo": cmd_demo,
+    "inspect": cmd_inspect,
+    "synth": cmd_synth,
+    "train": cmd_train,
+    "finetune": cmd_finetune,
+    "prepare": cmd_prepare,
+}
 
 
 class _NoAdverts(logging.Filter):

@@ -52,22 +52,31 @@ def run_demo(
     out = Path(out).expanduser()
     _prepare(out, force)
     session = bundled_session()
-    _say(f"Session {session.session_id}: {session.num_units} units in "
-         f"{len(session.units_per_region)} regions, {session.split('train').num_trials} "
-         f"training / {session.split('test').num_trials} test trials ({CITATION}).")
+    _say(
+        f"Session {session.session_id}: {session.num_units} units in "
+        f"{len(session.units_per_region)} regions, {session.split('train').num_trials} "
+        f"training / {session.split('test').num_trials} test trials ({CITATION})."
+    )
     results, predictions = {}, {}
     started = time.perf_counter()
     for name, folder, masking in MODELS:
         preset = MaskingConfig.preset(masking)
-        config = load_config(preset="small", sets=[
-            f"train.max_minutes={minutes / len(MODELS)}", "train.max_epochs=1000",
-            f"train.seed={seed}", f"train.progress_bar={str(progress).lower()}",
-            f"masking.schemes={json.dumps(list(preset.schemes))}",
-        ])
+        config = load_config(
+            preset="small",
+            sets=[
+                f"train.max_minutes={minutes / len(MODELS)}",
+                "train.max_epochs=1000",
+                f"train.seed={seed}",
+                f"train.progress_bar={str(progress).lower()}",
+                f"masking.schemes={json.dumps(list(preset.schemes))}",
+            ],
+        )
         _say(f"\nTraining {name} for {minutes / len(MODELS):.1f} min ...")
         result = train([session], out / "runs" / folder, config=config)
-        _say(f"  {result.steps} steps; validation loss {result.best_val_loss:.5f} vs "
-             f"{result.val_null_loss:.5f} for the per-unit mean-rate model")
+        _say(
+            f"  {result.steps} steps; validation loss {result.best_val_loss:.5f} vs "
+            f"{result.val_null_loss:.5f} for the per-unit mean-rate model"
+        )
         evaluation = run_evaluation(result.run_dir, [session], name=name, progress=progress)
         results[name], predictions[name] = evaluation.results, evaluation.predictions
     _say("\nEvaluating the linear baseline ...")

@@ -145,7 +145,8 @@ def _read_table(path: Path, *, spikes: bool) -> pa.Table:
     missing = [c for c in SPIKE_COLUMNS if c not in names]
     if missing:
         raise SpikemaskError(
-            f"{str(path)!r}: missing column(s) {missing}; expected CSR spike columns {SPIKE_COLUMNS}"
+            f"{str(path)!r}: missing column(s) {missing}; "
+            f"expected CSR spike columns {SPIKE_COLUMNS}"
         )
     return table
 

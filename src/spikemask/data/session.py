@@ -124,32 +124,30 @@ class Session:
         unknown = set(self.splits) - set(SPLITS)
         if unknown:
             raise SpikemaskError(f"{where}: unknown split(s) {sorted(unknown)}; expected {SPLITS}")
+        self._validate_units(where)
+        num_bins = None
+        for split, trials in self.splits.items():
+            num_bins = self._validate_split(split, trials, len(self.unit_ids), num_bins)
+        if sum(t.num_trials for t in self.splits.values()) == 0:
+            raise SpikemaskError(f"{where}: has no trials; expected at least one")
+
+    def _validate_units(self, where: str) -> None:
         num_units = len(self.unit_ids)
         if num_units == 0:
             raise SpikemaskError(f"{where}: has no units; expected at least one")
         if len(set(self.unit_ids)) != num_units:
             dupes = [u for u, c in Counter(self.unit_ids).items() if c > 1][:3]
             raise SpikemaskError(f"{where}: duplicate unit ids {dupes}; expected unique ids")
-        if len(self.unit_regions) != num_units:
-            raise SpikemaskError(
-                f"{where}: {len(self.unit_regions)} region labels for {num_units} units; "
-                "expected one region label per unit"
-            )
-        if self.unit_depths is not None and len(self.unit_depths) != num_units:
-            raise SpikemaskError(
-                f"{where}: {len(self.unit_depths)} unit depths for {num_units} units"
-            )
-        for name, values in self.unit_attributes.items():
-            if len(values) != num_units:
+        per_unit = {
+            "region labels": self.unit_regions,
+            "unit depths": self.unit_depths,
+            **{f"values of unit attribute {k!r}": v for k, v in self.unit_attributes.items()},
+        }
+        for name, values in per_unit.items():
+            if values is not None and len(values) != num_units:
                 raise SpikemaskError(
-                    f"{where}: unit attribute {name!r} has {len(values)} values for "
-                    f"{num_units} units"
+                    f"{where}: {len(values)} {name} for {num_units} units; expected one per unit"
                 )
-        num_bins = None
-        for split, trials in self.splits.items():
-            num_bins = self._validate_split(split, trials, num_units, num_bins)
-        if sum(t.num_trials for t in self.splits.values()) == 0:
-            raise SpikemaskError(f"{where}: has no trials; expected at least one")
 
     def _validate_split(
         self, split: str, trials: TrialSet, num_units: int, num_bins: int | None
@@ -170,20 +168,7 @@ class Session:
             raise SpikemaskError(f"{where}: spikes dtype {spikes.dtype}; expected integers")
         if spikes.size and np.issubdtype(spikes.dtype, np.signedinteger) and spikes.min() < 0:
             raise SpikemaskError(f"{where}: negative spike counts; expected counts >= 0")
-        k = spikes.shape[0]
-        if len(trials.trial_index) != k:
-            raise SpikemaskError(f"{where}: trial_index has {len(trials.trial_index)} rows for {k}")
-        for name, values in trials.trial_behavior.items():
-            if values.shape != (k,):
-                raise SpikemaskError(
-                    f"{where}: trial behaviour {name!r} has shape {values.shape}; expected ({k},)"
-                )
-        for name, values in trials.bin_behavior.items():
-            if values.shape != spikes.shape[:2]:
-                raise SpikemaskError(
-                    f"{where}: per-bin behaviour {name!r} has shape {values.shape}; "
-                    f"expected {spikes.shape[:2]}"
-                )
+        _validate_rows(where, trials, spikes.shape)
         return int(spikes.shape[1])
 
     # ------------------------------------------------------------------ properties
@@ -281,6 +266,23 @@ class Session:
             "mean_rate_hz": round(self.mean_rate_hz(), 4),
             "metadata": {k: v for k, v in self.metadata.items() if _is_json_scalar(v)},
         }
+
+
+def _validate_rows(where: str, trials: TrialSet, shape: tuple[int, ...]) -> None:
+    """Per-trial and per-bin fields must have one row per trial (and one value per bin)."""
+    k = shape[0]
+    if len(trials.trial_index) != k:
+        raise SpikemaskError(f"{where}: trial_index has {len(trials.trial_index)} rows for {k}")
+    expected = {
+        **dict.fromkeys(trials.trial_behavior, (k,)),
+        **dict.fromkeys(trials.bin_behavior, tuple(shape[:2])),
+    }
+    values = {**trials.trial_behavior, **trials.bin_behavior}
+    for name, want in expected.items():
+        if values[name].shape != want:
+            raise SpikemaskError(
+                f"{where}: behaviour {name!r} has shape {values[name].shape}; expected {want}"
+            )
 
 
 def _is_json_scalar(value: Any) -> bool:

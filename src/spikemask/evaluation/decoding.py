@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import r2_score
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -134,18 +133,10 @@ def _logistic(inverse_penalty: float) -> Pipeline:
     return make_pipeline(StandardScaler(), LogisticRegression(C=inverse_penalty, max_iter=5000))
 
 
-def _ridge(penalty: float) -> Pipeline:
-    return make_pipeline(StandardScaler(), Ridge(alpha=penalty))
-
-
 def _neg_log_loss(model: BaseEstimator, x: np.ndarray, y: np.ndarray) -> float:
     probabilities = model.predict_proba(x)  # (K, classes), columns in model.classes_ order
     column = np.searchsorted(model.classes_, y)  # classes_ is sorted; y holds training labels
     return float(np.mean(np.log(np.clip(probabilities[np.arange(y.size), column], 1e-15, 1))))
-
-
-def _r2(model: BaseEstimator, x: np.ndarray, y: np.ndarray) -> float:
-    return float(r2_score(y, model.predict(x)))
 
 
 def decode_trial_labels(
@@ -199,7 +190,9 @@ def decode_trial_labels(
             _logistic, LOGISTIC_CS, splits, x_train, labels_fit, _neg_log_loss
         )
     else:
-        model, best_c = _fit_with_cv(_logistic, np.array([1.0]), [], x_train, labels_fit, _r2)
+        model, best_c = _fit_with_cv(
+            _logistic, np.array([1.0]), [], x_train, labels_fit, _neg_log_loss
+        )
     predicted = model.predict(x_test)
     truth = labels_test.tolist()
     return DecodingResult(
@@ -233,6 +226,45 @@ def _trial_folds(keep: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarr
     ]
 
 
+def _fit_ridge(
+    x: np.ndarray, y: np.ndarray, alphas: np.ndarray
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Ridge on standardised x for several penalties at once.
+
+    Minimises ``|y - y_mean - z w|^2 + alpha |w|^2`` with z the standardised x (as
+    sklearn ``StandardScaler`` + ``Ridge``), through one eigendecomposition of the
+    (F, F) Gram matrix, or one thin SVD when there are fewer rows than features.
+
+    Args:
+        x: Shape (rows, F).
+        y: Shape (rows,).
+        alphas: Shape (A,).
+
+    Returns:
+        A function mapping features (rows', F) to predictions (rows', A).
+    """
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std[std == 0] = 1.0
+    z = (x - mean) / std
+    y_mean = y.mean()
+    if z.shape[0] >= z.shape[1]:
+        eigenvalues, eigenvectors = np.linalg.eigh(z.T @ z)
+        projected = eigenvectors.T @ (z.T @ (y - y_mean))  # (F,)
+        weights = eigenvectors @ (projected[:, None] / (eigenvalues[:, None] + alphas))
+    else:
+        left, singular, right_t = np.linalg.svd(z, full_matrices=False)
+        projected = singular * (left.T @ (y - y_mean))  # (rows,)
+        weights = right_t.T @ (projected[:, None] / (singular[:, None] ** 2 + alphas))
+    return lambda new_x: ((new_x - mean) / std) @ weights + y_mean  # (rows', A)
+
+
+def _r2_columns(y: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+    """R² of each column of predictions (rows, A) against y (rows,); 0 for constant y."""
+    total = np.square(y - y.mean()).sum()
+    residual = np.square(y[:, None] - predictions).sum(axis=0)
+    return 1.0 - residual / total if total > 0 else np.zeros(predictions.shape[1])
+
+
 def decode_per_bin(
     features_train: Any,
     y_train: Any,
@@ -246,8 +278,9 @@ def decode_per_bin(
     Every (trial, bin) is one row. Features are standardised with training statistics;
     ``alpha`` is chosen from :data:`RIDGE_ALPHAS` by the mean validation R² of K-fold CV
     (``min(5, K1)`` folds of whole trials, shuffled with ``seed``), then refit on all
-    training rows. Rows whose
-    target is NaN are dropped, in training and in scoring.
+    training rows; the objective is sklearn ``Ridge``'s on standardised features. All
+    penalties of a fold share one eigendecomposition, so wide features stay cheap. Rows
+    whose target is NaN are dropped, in training and in scoring.
 
     Args:
         features_train: Shape (K1, T, F).
@@ -279,11 +312,13 @@ def decode_per_bin(
         )
     rows_train = x_train.reshape(-1, num_features)[keep_train.ravel()]  # (kept rows, F)
     rows_test = x_test.reshape(-1, num_features)[keep_test]
-    splits = _trial_folds(keep_train, seed)
-    model, best_alpha = _fit_with_cv(
-        _ridge, RIDGE_ALPHAS, splits, rows_train, target_train[keep_train], _r2
-    )
-    predicted = model.predict(rows_test)
+    values_train = target_train[keep_train]
+    scores = np.zeros(RIDGE_ALPHAS.size)
+    for fit_rows, validation_rows in _trial_folds(keep_train, seed):
+        predict = _fit_ridge(rows_train[fit_rows], values_train[fit_rows], RIDGE_ALPHAS)
+        scores += _r2_columns(values_train[validation_rows], predict(rows_train[validation_rows]))
+    best_alpha = float(RIDGE_ALPHAS[int(np.argmax(scores))])  # ties -> smallest alpha
+    predicted = _fit_ridge(rows_train, values_train, np.array([best_alpha]))(rows_test)[:, 0]
     return DecodingResult(
         metric="r2",
         value=r2_flat(target_test.ravel()[keep_test], predicted),

@@ -67,6 +67,15 @@ def _as_float_array(value: Any, name: str, ndim: int) -> np.ndarray:
     return array
 
 
+def _matmul(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """float64 matmul through torch, whose CPU threading handles tiny products well.
+
+    numpy's threaded BLAS thrashes on small products when cores are shared (seen: 30x
+    slower on 2 busy cores), and this module mixes tiny and large products.
+    """
+    return torch.matmul(torch.from_numpy(left), torch.from_numpy(right)).numpy()
+
+
 def smooth_counts(spikes: Any, sd_bins: float, *, causal: bool = False) -> np.ndarray:
     """Gaussian smoothing of counts along time, separately per trial and unit.
 
@@ -115,7 +124,7 @@ class MaskedPoissonGLM:
     mean Poisson NLL per (trial, bin) summed over targets, plus ``l2 / 2 * |W|^2`` and
     ``l2 / (2 T) * |c|^2`` (an offset is penalised like a weight on a standardised
     one-hot bin indicator); ``b`` is not penalised. Fitting stops when an L-BFGS
-    iteration gains less than about 1e-4 bits per spike, or after ``max_iter``.
+    iteration gains less than :data:`TOLERANCE_BITS` bits per spike, or after ``max_iter``.
 
     Args:
         allowed: Bool array, shape (N_in, M); ``allowed[n, m]`` lets input n drive target m.
@@ -172,6 +181,17 @@ class MaskedPoissonGLM:
             )
         return x
 
+    @classmethod
+    def from_config(cls, allowed: Any, config: LinearBaselineConfig) -> MaskedPoissonGLM:
+        """A GLM with the penalty, iteration cap and offset choice of ``config``.
+
+        The caller smooths inputs with
+        ``smooth_counts(x, config.smoothing_bins, causal=config.causal)``.
+        """
+        return cls(
+            allowed, l2=config.l2, max_iter=config.max_iter, per_bin_offset=config.per_bin_offset
+        )
+
     def fit(self, features: Any, targets: Any) -> MaskedPoissonGLM:
         """Fits all targets jointly.
 
@@ -198,7 +218,7 @@ class MaskedPoissonGLM:
         params = self._optimise(z.to(self.dtype), torch.from_numpy(y).to(self.dtype))
         weight = params["weight"].double().numpy() * self.allowed
         self.coef_ = weight / feature_std[:, None]
-        self.intercept_ = params["bias"].double().numpy() - feature_mean @ self.coef_
+        self.intercept_ = params["bias"].double().numpy() - _matmul(feature_mean, self.coef_)
         offset = params.get("offset")
         self.bin_offset_ = None if offset is None else offset.double().numpy()
         return self
@@ -229,7 +249,7 @@ class MaskedPoissonGLM:
             raise SpikemaskError("MaskedPoissonGLM must be fit before predicting")
         # Clipping to the training range keeps rare inputs from extrapolating to overflow.
         x = np.clip(self._check_features(features), *self.feature_range_)
-        log_rates = x @ self.coef_ + self.intercept_  # (K, T, M)
+        log_rates = _matmul(x, self.coef_) + self.intercept_  # (K, T, M)
         if self.bin_offset_ is not None:
             if x.shape[1] != self.bin_offset_.shape[0]:
                 raise SpikemaskError(
@@ -244,6 +264,9 @@ class MaskedPoissonGLM:
         return np.exp(self.predict_log_rates(features))
 
 
+TOLERANCE_BITS = 1e-5
+"""L-BFGS stops when an iteration improves the objective by less than this many bits per
+(mean) spike, i.e. ``TOLERANCE_BITS * ln 2 * mean count per entry`` nats per entry."""
 _MAX_LOG_RATE = 30.0
 """Beyond this log rate the objective continues exp linearly, so it cannot overflow."""
 
@@ -285,11 +308,11 @@ class _MaskedPoissonObjective:
         # (std ~ T ** -0.5), i.e. by l2 / T: each offset only sees 1 / T of the rows.
         self.offset_l2 = l2 / num_bins
         self.scale_c = (self.y_bin_mean.clamp_min(1e-6) + self.offset_l2).rsqrt()  # (T, M)
-        # Stop when an iteration gains < 1e-4 bits per spike (the loss is in nats per entry).
-        self.tolerance_change = 1e-4 * math.log(2.0) * max(float(self.y_mean.mean()), 1e-6)
+        mean_count = max(float(self.y_mean.mean()), 1e-6)
+        self.tolerance_change = TOLERANCE_BITS * math.log(2.0) * mean_count
 
     def initial_params(self) -> list[torch.Tensor]:
-        """Zero weights and offsets; the bias starts at each unit's log mean rate."""
+        """Zero weights; bias at each unit's log mean count; offsets at its log PSTH ratio."""
         num_bins, num_targets = self.y.shape[1:]
         params = [
             torch.zeros(self.z.shape[1], num_targets, dtype=self.z.dtype),  # V
@@ -351,15 +374,8 @@ def _check_counts(spikes: Any, name: str) -> np.ndarray:
     return counts
 
 
-@dataclass(frozen=True)
-class _ForwardSettings:
-    num_hidden_bins: int
-    smoothing_bins: float
-    num_recent_bins: int
-
-
 def _observed_summary(
-    counts: np.ndarray, num_observed: int, config: _ForwardSettings
+    counts: np.ndarray, num_observed: int, smoothing_bins: float, num_recent_bins: int
 ) -> np.ndarray:
     """Per-trial summary of the observed bins, (K, (num_recent_bins + 1) * N).
 
@@ -367,8 +383,8 @@ def _observed_summary(
     mean count of each unit over all observed bins. Hidden bins are never read.
     """
     observed = counts[:, :num_observed]  # (K, T_obs, N)
-    smoothed = smooth_counts(observed, config.smoothing_bins, causal=True)
-    recent = smoothed[:, -config.num_recent_bins :].reshape(counts.shape[0], -1)
+    smoothed = smooth_counts(observed, smoothing_bins, causal=True)
+    recent = smoothed[:, -num_recent_bins:].reshape(counts.shape[0], -1)
     return np.concatenate([recent, observed.mean(axis=1)], axis=1)
 
 
@@ -380,26 +396,32 @@ class ForwardPredictor:
 
     Attributes:
         glm: Poisson GLM from the (optionally PCA-reduced) summary to the hidden bins.
-        settings: Hidden-bin count, causal smoothing SD and number of recent bins used.
         num_bins: Number of bins T of the trials it was fit on.
+        num_hidden_bins: Number of trailing bins it predicts.
+        smoothing_bins: SD in bins of the causal smoothing of observed counts.
+        num_recent_bins: Number of last observed bins in the summary.
         summary_mean: Training mean of the summary features, (F,).
         components: PCA loadings (F, C), or None when no reduction is applied.
     """
 
     glm: MaskedPoissonGLM
-    settings: _ForwardSettings
     num_bins: int
+    num_hidden_bins: int
+    smoothing_bins: float
+    num_recent_bins: int
     summary_mean: np.ndarray
     components: np.ndarray | None
 
     def _features(self, counts: np.ndarray) -> np.ndarray:
         """(K, T, N) counts -> GLM features (K, num_hidden_bins, F or C)."""
-        num_observed = self.num_bins - self.settings.num_hidden_bins
-        summary = _observed_summary(counts, num_observed, self.settings) - self.summary_mean
+        summary = _observed_summary(
+            counts, self.num_bins - self.num_hidden_bins, self.smoothing_bins, self.num_recent_bins
+        )
+        summary = summary - self.summary_mean
         if self.components is not None:
             summary = summary @ self.components  # (K, C)
         # The same per-trial summary drives every hidden bin; the GLM adds per-bin offsets.
-        return np.repeat(summary[:, None, :], self.settings.num_hidden_bins, axis=1)
+        return np.repeat(summary[:, None, :], self.num_hidden_bins, axis=1)
 
     def predict_rates(self, spikes: Any) -> np.ndarray:
         """Predicted rates of the hidden bins.
@@ -464,8 +486,8 @@ def fit_forward_predictor(
             f"`num_recent_bins` must be in [1, {num_bins - num_hidden_bins}] (observed bins), "
             f"got {num_recent_bins}"
         )
-    settings = _ForwardSettings(num_hidden_bins, smoothing_bins, num_recent_bins)
-    summary = _observed_summary(counts, num_bins - num_hidden_bins, settings)  # (K, F)
+    num_observed = num_bins - num_hidden_bins
+    summary = _observed_summary(counts, num_observed, smoothing_bins, num_recent_bins)  # (K, F)
     summary_mean = summary.mean(axis=0)
     components = None
     if num_components is not None:
@@ -474,7 +496,8 @@ def fit_forward_predictor(
                 f"`num_components` must be in [1, {min(summary.shape)}] (min of trials and "
                 f"features), got {num_components}"
             )
-        _, _, right_vectors = np.linalg.svd(summary - summary_mean, full_matrices=False)
+        centred = torch.from_numpy(summary - summary_mean)
+        right_vectors = torch.linalg.svd(centred, full_matrices=False).Vh.numpy()
         components = right_vectors[:num_components].T  # (F, C)
     predictor = ForwardPredictor(
         glm=MaskedPoissonGLM(
@@ -483,10 +506,12 @@ def fit_forward_predictor(
             max_iter=max_iter,
             per_bin_offset=True,
         ),
-        settings=settings,
         num_bins=num_bins,
+        num_hidden_bins=num_hidden_bins,
+        smoothing_bins=smoothing_bins,
+        num_recent_bins=num_recent_bins,
         summary_mean=summary_mean,
         components=components,
     )
-    predictor.glm.fit(predictor._features(counts), counts[:, num_bins - num_hidden_bins :])
+    predictor.glm.fit(predictor._features(counts), counts[:, num_observed:])
     return predictor

@@ -21,7 +21,11 @@ from spikemask.data.session import TrialSet
 from spikemask.errors import SpikemaskError
 
 __all__ = [
-    "BatchKey", "SessionBatchSampler", "SessionTrialsDataset", "mean_log_rate", "world_info",
+    "BatchKey",
+    "SessionBatchSampler",
+    "SessionTrialsDataset",
+    "mean_log_rate",
+    "world_info",
 ]
 
 
@@ -125,7 +129,9 @@ class SessionBatchSampler(Sampler[BatchKey]):
         _, world = world_info()
         sizes = []
         for count in self.trial_counts:
-            total = max(self.trial_counts) if self.sampling == "balanced" and self.shuffle else count
+            total = (
+                max(self.trial_counts) if self.sampling == "balanced" and self.shuffle else count
+            )
             sizes += [min(self.batch_size, total - i) for i in range(0, total, self.batch_size)]
         return sum(1 for size in sizes if size >= world)
 

@@ -66,8 +66,11 @@ class Checkpoint:
 def _vocab_dict(sessions: dict[str, SessionInfo], regions: RegionVocabulary) -> dict[str, Any]:
     return {
         "sessions": [
-            {"session_id": s.session_id, "unit_ids": list(s.unit_ids),
-             "unit_regions": list(s.unit_regions)}
+            {
+                "session_id": s.session_id,
+                "unit_ids": list(s.unit_ids),
+                "unit_regions": list(s.unit_regions),
+            }
             for s in sessions.values()
         ],
         "regions": regions.to_list(),
@@ -98,7 +101,9 @@ def save_checkpoint(folder: str | Path, checkpoint: Checkpoint) -> Path:
     config = checkpoint.config.to_dict()
     vocab = _vocab_dict(checkpoint.sessions, checkpoint.regions)
     digest = _digest(config, vocab)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in checkpoint.model.state_dict().items()}
+    tensors = {
+        k: v.detach().to("cpu").contiguous() for k, v in checkpoint.model.state_dict().items()
+    }
 
     def write_json(values: dict[str, Any]):
         return lambda tmp: Path(tmp).write_text(json.dumps(values, indent=1))
@@ -135,7 +140,9 @@ def load_checkpoint(folder: str | Path, *, map_location: str = "cpu") -> Checkpo
     state = _read_json(folder / STATE) if (folder / STATE).is_file() else {}
     config = RunConfig.from_dict(config_values, where=str(folder / CONFIG))
     sessions = {
-        s["session_id"]: SessionInfo(s["session_id"], tuple(s["unit_ids"]), tuple(s["unit_regions"]))
+        s["session_id"]: SessionInfo(
+            s["session_id"], tuple(s["unit_ids"]), tuple(s["unit_regions"])
+        )
         for s in vocab.get("sessions", [])
     }
     regions = RegionVocabulary.from_list(vocab.get("regions", []))

@@ -92,7 +92,8 @@ def finetune(
     if isinstance(data, str | Path) or not data:
         data = [data] if data else []
     sessions = (
-        list(data) if data and isinstance(data[0], Session)
+        list(data)
+        if data and isinstance(data[0], Session)
         else load_sessions(list(data), region_level=config.data.region_level)
     )
     if not sessions:
@@ -107,12 +108,25 @@ def finetune(
         for parameter in model.parameters():
             parameter.requires_grad_(id(parameter) in keep)
     checkpoint.model.train()
-    record = {"kind": "finetune", "mode": mode, "parent": str(Path(run).resolve()),
-              "sessions": [s.session_id for s in sessions],
-              "sources": [str(s.metadata.get("source", "")) for s in sessions]}
-    return fit(checkpoint.model, sessions, checkpoint.regions, out, config=config,
-               record=record, infos=checkpoint.sessions, trainable=trainable, resume=resume,
-               callbacks=callbacks)
+    record = {
+        "kind": "finetune",
+        "mode": mode,
+        "parent": str(Path(run).resolve()),
+        "sessions": [s.session_id for s in sessions],
+        "sources": [str(s.metadata.get("source", "")) for s in sessions],
+    }
+    return fit(
+        checkpoint.model,
+        sessions,
+        checkpoint.regions,
+        out,
+        config=config,
+        record=record,
+        infos=checkpoint.sessions,
+        trainable=trainable,
+        resume=resume,
+        callbacks=callbacks,
+    )
 
 
 def _finetune_config(

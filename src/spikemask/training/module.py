@@ -15,7 +15,11 @@ from spikemask.config import TrainConfig
 from spikemask.masking import MaskingConfig, MaskingMixture, MaskSpec, apply_mask
 
 __all__ = [
-    "MtMModule", "masked_poisson_nll", "one_cycle_factor", "schedule_progress", "step_generator",
+    "MtMModule",
+    "masked_poisson_nll",
+    "one_cycle_factor",
+    "schedule_progress",
+    "step_generator",
 ]
 
 _TRAIN, _VAL = 1, 2
@@ -41,7 +45,9 @@ def masked_poisson_nll(log_rates: torch.Tensor, spikes: torch.Tensor, scored: to
         (sum of NLL over scored entries, number of scored entries). The log(y!) term is
         left out: it does not depend on the model.
     """
-    nll = F.poisson_nll_loss(log_rates.float(), spikes, log_input=True, full=False, reduction="none")
+    nll = F.poisson_nll_loss(
+        log_rates.float(), spikes, log_input=True, full=False, reduction="none"
+    )
     return (nll * scored).sum(), scored.sum()
 
 
@@ -108,8 +114,11 @@ class MtMModule(L.LightningModule):
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         # Dropout draws from the global generator: reseed it from (seed, step, rank) so a
         # resumed run continues exactly as an uninterrupted one would.
-        seed = int(step_generator(self.train_config.seed, _TRAIN, self.global_step,
-                                  self.global_rank).initial_seed())
+        seed = int(
+            step_generator(
+                self.train_config.seed, _TRAIN, self.global_step, self.global_rank
+            ).initial_seed()
+        )
         torch.manual_seed(seed)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -120,10 +129,21 @@ class MtMModule(L.LightningModule):
         # global mask) so DDP's gradient average equals the single-process gradient.
         world = self.trainer.world_size if self._trainer is not None else 1
         loss = total * world / global_scored.clamp_min(1)
-        self.log("train_loss", total.detach() / global_scored.clamp_min(1), reduce_fx="sum",
-                 sync_dist=world > 1, batch_size=int(batch["global_size"]), prog_bar=True)
-        self.log(f"train_loss/{spec.scheme}", total.detach() / global_scored.clamp_min(1),
-                 reduce_fx="sum", sync_dist=world > 1, batch_size=int(batch["global_size"]))
+        self.log(
+            "train_loss",
+            total.detach() / global_scored.clamp_min(1),
+            reduce_fx="sum",
+            sync_dist=world > 1,
+            batch_size=int(batch["global_size"]),
+            prog_bar=True,
+        )
+        self.log(
+            f"train_loss/{spec.scheme}",
+            total.detach() / global_scored.clamp_min(1),
+            reduce_fx="sum",
+            sync_dist=world > 1,
+            batch_size=int(batch["global_size"]),
+        )
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -185,8 +205,9 @@ def schedule_progress(*, total_steps: float, budget_s: float | None):
     return progress
 
 
-def one_cycle_factor(progress: float, warmup: float, *, start: float = 0.04,
-                     end: float = 1e-3) -> float:
+def one_cycle_factor(
+    progress: float, warmup: float, *, start: float = 0.04, end: float = 1e-3
+) -> float:
     """One-cycle learning-rate multiplier: linear warm-up from ``start`` to 1 over the first
     ``warmup`` fraction, then cosine annealing down to ``end``."""
     if warmup > 0 and progress < warmup:

@@ -74,8 +74,13 @@ def session_info(session: Session) -> SessionInfo:
 class ModelFolderCheckpoint(Callback):
     """Writes safetensors checkpoints ``best`` and ``last`` (rank 0 only)."""
 
-    def __init__(self, run_dir: Path, config: RunConfig, sessions: dict[str, SessionInfo],
-                 regions: RegionVocabulary) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        config: RunConfig,
+        sessions: dict[str, SessionInfo],
+        regions: RegionVocabulary,
+    ) -> None:
         self.run_dir = run_dir
         self.config = config
         self.sessions = sessions
@@ -84,8 +89,12 @@ class ModelFolderCheckpoint(Callback):
         self.null = math.nan
 
     def _save(self, name: str, trainer: L.Trainer, module: MtMModule, val: float) -> None:
-        state = {"epoch": trainer.current_epoch, "step": trainer.global_step, "val_loss": val,
-                 "val_null_loss": self.null}
+        state = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "val_loss": val,
+            "val_null_loss": self.null,
+        }
         checkpoint = Checkpoint(module.model, self.config, self.sessions, self.regions, state)
         save_checkpoint(self.run_dir / "checkpoints" / name, checkpoint)
 
@@ -118,21 +127,35 @@ class ModelFolderCheckpoint(Callback):
 
 
 def build_dataloader(
-    sessions: Sequence[Session], region_ids: Sequence[Any], *, split: str, config: RunConfig,
+    sessions: Sequence[Session],
+    region_ids: Sequence[Any],
+    *,
+    split: str,
+    config: RunConfig,
     shuffle: bool,
 ) -> DataLoader:
     """Session-grouped batches of one split of every session."""
     dataset = SessionTrialsDataset(
-        [s.session_id for s in sessions], [s.split(split) for s in sessions], region_ids,
+        [s.session_id for s in sessions],
+        [s.split(split) for s in sessions],
+        region_ids,
         reference=[s.split("train") for s in sessions],
     )
     sampler = SessionBatchSampler(
-        dataset.trial_counts(), batch_size=config.data.batch_size, shuffle=shuffle,
-        sampling=config.data.session_sampling, seed=config.train.seed,
+        dataset.trial_counts(),
+        batch_size=config.data.batch_size,
+        shuffle=shuffle,
+        sampling=config.data.session_sampling,
+        seed=config.train.seed,
     )
     workers = config.data.num_workers
-    return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=workers,
-                      persistent_workers=workers > 0)
+    return DataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
 
 
 def _precision(value: str) -> str:
@@ -178,8 +201,9 @@ def _make_trainer(run_dir: Path, config: RunConfig, callbacks: list[Callback]) -
             loggers.append(TensorBoardLogger(run_dir / "logs", name="tensorboard"))
         except (ImportError, ModuleNotFoundError):  # tensorboard is an optional extra
             pass
-    resume = ModelCheckpoint(dirpath=run_dir / RESUME_DIR, save_last=True, save_top_k=0,
-                             enable_version_counter=False)
+    resume = ModelCheckpoint(
+        dirpath=run_dir / RESUME_DIR, save_last=True, save_top_k=0, enable_version_counter=False
+    )
     return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=cfg.max_epochs if cfg.max_epochs is not None else -1,
@@ -206,8 +230,9 @@ def _check_regions(sessions: Sequence[Session], config: RunConfig) -> None:
     if not config.masking.needs_regions:
         return
     for session in sessions:
-        labelled = {r for r, ok in zip(session.unit_regions, session.labelled_units, strict=True)
-                    if ok}
+        labelled = {
+            r for r, ok in zip(session.unit_regions, session.labelled_units, strict=True) if ok
+        }
         if len(labelled) < 2:
             raise SpikemaskError(
                 f"session {session.session_id!r} has {len(labelled)} labelled region(s); the "
@@ -259,7 +284,9 @@ def fit(
     _check_regions(sessions, config)
     run_dir = _prepare_run_dir(Path(out), config, record, resume)
     region_ids = [regions.encode(s.unit_regions) for s in sessions]
-    train_loader = build_dataloader(sessions, region_ids, split="train", config=config, shuffle=True)
+    train_loader = build_dataloader(
+        sessions, region_ids, split="train", config=config, shuffle=True
+    )
     val_loader = build_dataloader(sessions, region_ids, split="val", config=config, shuffle=False)
     infos = infos or {s.session_id: session_info(s) for s in sessions}
     saver = ModelFolderCheckpoint(run_dir, config, infos, regions)
@@ -272,8 +299,14 @@ def fit(
         # a step or time budget ended training before any validation: validate once now so
         # the checkpoints carry a validation loss
         trainer.validate(module, val_loader, verbose=False)
-    return TrainResult(run_dir, saver.best, saver.null, trainer.current_epoch, trainer.global_step,
-                       time.perf_counter() - start)
+    return TrainResult(
+        run_dir,
+        saver.best,
+        saver.null,
+        trainer.current_epoch,
+        trainer.global_step,
+        time.perf_counter() - start,
+    )
 
 
 def train(
@@ -300,14 +333,26 @@ def train(
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     regions = RegionVocabulary.from_sessions(sessions)
     model = build_model(
-        config.model, sessions={s.session_id: s.num_units for s in sessions},
+        config.model,
+        sessions={s.session_id: s.num_units for s in sessions},
         num_prompts=len(SCHEMES),
     )
     init_unit_rates(model, sessions)
-    record = {"kind": "train", "sessions": [s.session_id for s in sessions],
-              "sources": [str(s.metadata.get("source", "")) for s in sessions]}
-    return fit(model, sessions, regions, out, config=config, record=record, resume=resume,
-               callbacks=callbacks)
+    record = {
+        "kind": "train",
+        "sessions": [s.session_id for s in sessions],
+        "sources": [str(s.metadata.get("source", "")) for s in sessions],
+    }
+    return fit(
+        model,
+        sessions,
+        regions,
+        out,
+        config=config,
+        record=record,
+        resume=resume,
+        callbacks=callbacks,
+    )
 
 
 def _as_sessions(data: Sequence[str | Path | Session], config: RunConfig) -> list[Session]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -287,6 +288,23 @@ def test_prepare_nwb_command_then_train_on_the_result(tmp_path, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert " / 2\n" in printed and "mean-rate null 0." in printed
+    results = tmp_path / "results.json"
+    evaluate_args = [
+        "evaluate",
+        str(tmp_path / "run"),
+        str(out),
+        "--out",
+        str(results),
+        "--tasks",
+        "co-smoothing",
+        "inter-region",
+        "--quiet",
+    ]
+    assert main(evaluate_args) == 0
+    scores = json.loads(results.read_text())["sessions"]["A2929-200711"]
+    assert scores["co_smoothing"]["num_units"] == 15
+    assert set(scores["inter_region"]["per_region"]) == {"adn", "ca1"}
+    capsys.readouterr()
     assert (
         main(["prepare", "nwb", str(tmp_path / "missing.nwb"), "--out", str(tmp_path / "m")]) == 2
     )

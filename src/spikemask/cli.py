@@ -241,6 +241,8 @@ def _report(result) -> None:
     )
     print(f"mean-rate null {result.val_null_loss:.5f}  (per-unit mean rate, same entries)")
     print(f"time           {result.elapsed_s:.1f} s")
+    if result.interrupted:
+        print("interrupted: continue with the same command plus --resume")
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

@@ -58,6 +58,7 @@ class TrainResult:
     epochs: int
     steps: int
     elapsed_s: float
+    interrupted: bool = False
 
 
 def init_unit_rates(model: nn.Module, sessions: Sequence[Session]) -> None:
@@ -306,6 +307,7 @@ def fit(
         trainer.current_epoch,
         trainer.global_step,
         time.perf_counter() - start,
+        interrupted=trainer.interrupted,
     )
 
 

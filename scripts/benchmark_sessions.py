@@ -94,10 +94,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=300, help="training steps per model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--table-only", action="store_true",
+                        help="print the table of the sessions already in --out and stop")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     summary_path = args.out / "results.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if args.table_only:
+        print(table(summary))
+        return
     folders = [f for f in args.folders if (f / "data").is_dir()]
     for index, folder in enumerate(folders, 1):
         if folder.name in summary:

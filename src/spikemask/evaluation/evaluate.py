@@ -93,6 +93,8 @@ class ModelPredictor:
 def run_sources(run: str | Path) -> list[str]:
     """Dataset folders a run was trained (or fine-tuned) on, from its ``run.json``."""
     record_path = Path(run).expanduser() / "run.json"
+    if not Path(run).expanduser().is_dir():
+        raise SpikemaskError(f"run folder {str(run)!r} does not exist")
     if not record_path.is_file():
         raise SpikemaskError(f"{str(record_path)!r} does not exist; give the dataset folders")
     try:

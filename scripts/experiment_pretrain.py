@@ -1,23 +1,31 @@
 """Leave-one-animal-out: does pre-training on other animals help predict a new one?
 
 Sessions are grouped by animal (the ``subject`` of each session). One animal is held out.
-For MtM and for temporal masking (the baseline), models are pre-trained on 1, 3, ... and all
-sessions of the other animals (the scaling curve), then fine-tuned on each held-out session
-and compared with a model trained from scratch on that session alone. Every model is
-evaluated on the held-out sessions' test splits (all activity tasks and behaviour).
+MtM and temporal masking (the baseline) are pre-trained on all sessions of the other
+animals, fine-tuned on each held-out session and compared with models trained from scratch
+on that session alone. MtM is also pre-trained on the first 1, 3, ... sessions (the scaling
+curve; ``--scaling-maskings`` adds temporal). Every model is evaluated on the held-out
+sessions' test splits (all activity tasks and behaviour).
 
     python scripts/experiment_pretrain.py ../shared/data/steinmetz2019/*/ --held-out Hench \\
-        --out bench/pretrain --pretrain-steps 3000 --finetune-steps 600
+        --out bench/pretrain --pretrain-steps 3000 --finetune-steps 1000 \\
+        --scratch-results bench/steinmetz3000/results.json
 
-Writes ``results.json``, ``table.md`` and ``scaling.png`` into ``--out``; resumable (runs
-whose best checkpoint exists are not retrained).
+``--scratch-results`` takes the from-scratch rows from a ``benchmark_sessions.py`` results
+file (the same single-session models and evaluation); without it the script trains them with
+``--scratch-steps``. Writes ``results.json``, ``table.md`` and ``scaling.png`` into
+``--out``. Resumable: trained runs and their evaluations (``evaluation.json`` in each run
+folder) are reused.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
+
+import numpy as np
 
 from spikemask.config import load_config
 from spikemask.data.loading import load_sessions
@@ -29,19 +37,43 @@ from spikemask.training.finetune import finetune
 from spikemask.training.run import train
 
 MASKINGS = ("mtm", "temporal")
+BENCHMARK_NAMES = {"mtm": "NDT1 MtM", "temporal": "NDT1 temporal"}
+ACTIVITY_TASKS = ("co_smoothing", "forward_prediction", "inter_region", "intra_region")
 
 
-def _config(masking: str, steps: int, seed: int, batch: str = "proportional"):
+def _config(masking: str, steps: int, seed: int, sampling: str = "proportional"):
     schemes = json.dumps(list(MaskingConfig.preset(masking).schemes))
     return load_config(preset="small", sets=[
         f"train.max_steps={steps}", "train.max_epochs=null", f"train.seed={seed}",
         "train.progress_bar=false", f"masking.schemes={schemes}",
-        f"data.session_sampling={batch}",
+        f"data.session_sampling={sampling}",
     ])
 
 
 def _done(run: Path) -> bool:
     return (run / "checkpoints" / "best" / "model.safetensors").is_file()
+
+
+def _timed(out: Path, label: str, work) -> None:
+    """Run ``work`` and record its wall time in ``out/timings.json``."""
+    started = time.perf_counter()
+    work()
+    seconds = round(time.perf_counter() - started, 1)
+    print(f"{label}: {seconds:.0f} s", flush=True)
+    path = out / "timings.json"
+    timings = json.loads(path.read_text()) if path.is_file() else {}
+    timings[label] = seconds
+    path.write_text(json.dumps(timings, indent=1))
+
+
+def _evaluate(run: Path, session, tasks) -> dict:
+    """Evaluate once; the result is kept in the run folder."""
+    path = run / "evaluation.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = evaluate(run, [session], tasks=tasks, progress=False)
+    path.write_text(json.dumps(result, indent=1))
+    return result
 
 
 def main() -> None:
@@ -51,8 +83,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--scaling", type=int, nargs="+", default=[1, 3],
                         help="pre-training set sizes besides 'all'")
+    parser.add_argument("--scaling-maskings", nargs="+", default=["mtm"], choices=MASKINGS,
+                        help="maskings pre-trained at every scaling size (others: 'all' only)")
     parser.add_argument("--pretrain-steps", type=int, default=3000)
-    parser.add_argument("--finetune-steps", type=int, default=600)
+    parser.add_argument("--finetune-steps", type=int, default=1000)
+    parser.add_argument("--scratch-steps", type=int, default=3000)
+    parser.add_argument("--scratch-results", type=Path, default=None,
+                        help="benchmark_sessions.py results.json with the from-scratch models")
     parser.add_argument("--tasks", nargs="+", default=None, help="evaluation tasks (default all)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -64,34 +101,52 @@ def main() -> None:
     if not held or not others:
         raise SystemExit(f"need sessions of {args.held_out!r} and of other animals")
     sizes = sorted({n for n in args.scaling if n < len(others)} | {len(others)})
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"held out: {[s.session_id for s in held]}; pre-training pool: "
+          f"{[s.session_id for s in others]}", flush=True)
+
     results: dict[str, dict] = {}
+    # The main comparison first (all sessions), then the rest of the scaling curve.
+    plan = [(m, len(others)) for m in MASKINGS]
+    plan += [(m, n) for m in args.scaling_maskings for n in sizes if n != len(others)]
+    for masking, size in plan:
+        pre = args.out / "pretrain" / masking / f"{size}"
+        if not _done(pre):
+            config = _config(masking, args.pretrain_steps, args.seed, "balanced")
+            _timed(args.out, f"pre-train {masking} on {size}",
+                   lambda pre=pre, c=config, n=size: train(others[:n], pre, config=c))
+        for session in held:
+            run = args.out / "finetune" / masking / f"{size}" / session.session_id
+            if not _done(run):
+                config = _config(masking, args.finetune_steps, args.seed)
+                _timed(args.out, f"fine-tune {masking}/{size} on {session.session_id}",
+                       lambda run=run, s=session, c=config, pre=pre:
+                       finetune(pre, [s], run, mode="full", config=c))
+            _add(results, f"{masking} pre-trained on {size}", _evaluate(run, session, args.tasks))
+        _write(results, args.out, sizes)
+
     for masking in MASKINGS:
-        for session in held:  # from scratch, this session alone
+        name = f"{masking} scratch"
+        for session in held:
+            if args.scratch_results is not None:
+                _add(results, name, _benchmark_result(args.scratch_results, masking, session))
+                continue
             run = args.out / "scratch" / masking / session.session_id
             if not _done(run):
-                train([session], run, config=_config(masking, args.finetune_steps, args.seed))
-            _add(results, f"{masking} scratch", evaluate(run, [session], tasks=args.tasks,
-                                                         progress=False))
-        for size in sizes:
-            pre = args.out / "pretrain" / masking / f"{size}"
-            if not _done(pre):
-                train(others[:size], pre, config=_config(
-                    masking, args.pretrain_steps, args.seed, "balanced"))
-            for session in held:
-                run = args.out / "finetune" / masking / f"{size}" / session.session_id
-                if not _done(run):
-                    finetune(pre, [session], run, mode="full",
-                             config=_config(masking, args.finetune_steps, args.seed))
-                _add(results, f"{masking} pre-trained on {size}",
-                     evaluate(run, [session], tasks=args.tasks, progress=False))
-        (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    for result in results.values():
-        result["mean"] = mean_over_sessions(result["sessions"])
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    table = markdown_table(results)
-    (args.out / "table.md").write_text(table + "\n")
-    _plot(results, sizes, args.out / "scaling.png")
-    print(table)
+                config = _config(masking, args.scratch_steps, args.seed)
+                _timed(args.out, f"scratch {masking} on {session.session_id}",
+                       lambda run=run, s=session, c=config: train([s], run, config=c))
+            _add(results, name, _evaluate(run, session, args.tasks))
+    print(_write(results, args.out, sizes))
+
+
+def _benchmark_result(path: Path, masking: str, session) -> dict:
+    summary = json.loads(path.read_text())
+    entry = summary.get(session.session_id)
+    if entry is None:
+        raise SystemExit(f"{path} has no results for {session.session_id}; run "
+                         "benchmark_sessions.py on it first or drop --scratch-results")
+    return entry["results"][BENCHMARK_NAMES[masking]]
 
 
 def _add(results: dict, name: str, result: dict) -> None:
@@ -100,27 +155,43 @@ def _add(results: dict, name: str, result: dict) -> None:
     entry["sessions"].update(result["sessions"])
 
 
+def _write(results: dict, out: Path, sizes: list[int]) -> str:
+    for result in results.values():
+        result["mean"] = mean_over_sessions(result["sessions"])
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    table = markdown_table(results)
+    (out / "table.md").write_text(table + "\n")
+    _plot(results, sizes, out / "scaling.png")
+    return table
+
+
+def _mean_bps(results: dict, name: str, task: str) -> float:
+    value = results.get(name, {}).get("mean", {}).get(task, {}).get("bps_pooled")
+    return np.nan if value is None else float(value)
+
+
 def _plot(results: dict, sizes: list[int], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = ("co_smoothing", "forward_prediction", "inter_region", "intra_region")
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), sharex=True)
-    for ax, task in zip(axes, tasks, strict=True):
+    fig, axes = plt.subplots(1, len(ACTIVITY_TASKS), figsize=(4 * len(ACTIVITY_TASKS), 3.4),
+                             sharex=True)
+    for ax, task in zip(axes, ACTIVITY_TASKS, strict=True):
         for masking, color in zip(MASKINGS, ("tab:orange", "tab:blue"), strict=True):
-            values = [results.get(f"{masking} pre-trained on {n}", {}).get("mean", {})
-                      .get(task, {}).get("bps_pooled") for n in sizes]
-            ax.plot(sizes, values, "o-", color=color, label=f"{masking}, fine-tuned")
-            scratch = results.get(f"{masking} scratch", {}).get("mean", {}).get(task, {})
-            if scratch.get("bps_pooled") is not None:
-                ax.axhline(scratch["bps_pooled"], color=color, ls="--",
-                           label=f"{masking}, from scratch")
+            values = [_mean_bps(results, f"{masking} pre-trained on {n}", task) for n in sizes]
+            if not np.all(np.isnan(values)):
+                ax.plot(sizes, values, "o-", color=color, label=f"{masking}, fine-tuned")
+            scratch = _mean_bps(results, f"{masking} scratch", task)
+            if not np.isnan(scratch):
+                ax.axhline(scratch, color=color, ls="--", label=f"{masking}, from scratch")
         ax.set_title(task.replace("_", " "))
         ax.set_xlabel("pre-training sessions")
-        ax.set_ylabel("bits per spike (pooled)")
-    axes[0].legend(fontsize=8)
+        ax.set_xticks(sizes)
+    axes[0].set_ylabel("bits per spike (pooled, mean over held-out sessions)")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -158,6 +158,22 @@ def test_ndt1_session_parameters_are_the_stitchers_and_token():
     assert shapes == sorted([(WIDTH,), (24, 5), (24,), (5, WIDTH), (5,)])
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_ndt1_forward_is_read_in_encode_stitched_read_out(causal):
+    model = tiny_model("ndt1").eval()
+    spikes = poisson_spikes()
+    adapter = model.adapter("sess-a")
+    with torch.no_grad():
+        expected = model(spikes, session_id="sess-a", prompt=2, causal=causal)
+        latents = model.encode_stitched(
+            adapter.read_in(spikes), session_id="sess-a", prompt=2, causal=causal
+        )
+    torch.testing.assert_close(latents, expected.latents)
+    torch.testing.assert_close(adapter.read_out(latents), expected.log_rates)
+    with pytest.raises(SpikemaskError, match="unknown session id 'nope'"):
+        model.adapter("nope")
+
+
 @pytest.mark.parametrize("architecture", ["ndt1", "ndt2"])
 def test_sessions_with_equal_unit_counts_get_distinct_layers(architecture):
     model = tiny_model(architecture, sessions={"x": UNITS, "y": UNITS}).eval()

@@ -69,7 +69,7 @@ def _fast_path_ok(model: TrainedModel, session: Session, plan: TaskPlan) -> bool
     net = model.model
     if not isinstance(net, NDT1) or plan.hidden_bins.any():
         return False
-    adapter = net.session_adapters[net._session_index(session.session_id)]
+    adapter = net.adapter(session.session_id)
     return adapter.read_in is not None and adapter.read_out is not None
 
 
@@ -160,8 +160,7 @@ class _FastNDT1:
     variants (none for co-smoothing and inter-region, the units outside the region for
     intra-region). The read-in of each distinct base is computed once for all trials; a
     variant's read-in is that minus its targets' share. Mirrors :meth:`NDT1.forward`
-    (read-in, embedding, special tokens, encoder, read-out); the tests check that both
-    give the same rates.
+    through :meth:`NDT1.encode_stitched`; the tests check that both give the same rates.
     """
 
     def __init__(
@@ -169,11 +168,11 @@ class _FastNDT1:
     ) -> None:
         net = model.model
         self.net, self.plan, self.spikes = net, plan, spikes.to(model.device)
-        self.adapter = net.session_adapters[net._session_index(session.session_id)]
+        self.session_id = session.session_id
+        self.adapter = net.adapter(session.session_id)
         self.prompt = model.prompt_for(plan.scheme)
         self.read_in_t = self.adapter.read_in.weight.t()  # (N, D_in)
         self.bases: dict[bytes, torch.Tensor] = {}
-        self.time_index = torch.arange(spikes.shape[1], device=model.device)
 
     def _base(self, hidden: np.ndarray) -> torch.Tensor:
         """(K, T, D_in) read-in (with bias) of every trial with ``hidden`` (N,) zeroed."""
@@ -207,10 +206,8 @@ class _FastNDT1:
     def run(self, segments: list[_Segment]) -> Iterator[tuple[_Segment, torch.Tensor]]:
         """Yield each segment with its (k, T, n_targets) log-rates."""
         stitched = torch.cat([self._stitched(s) for s in segments])  # (M, T, D_in)
-        tokens = self.net.embedding(stitched)  # (M, T, D)
-        specials = self.net._special_tokens(self.adapter, self.prompt, tokens.shape[0])
-        latents = self.net._encode(
-            tokens, specials, self.time_index, causal=self.plan.causal
+        latents = self.net.encode_stitched(
+            stitched, session_id=self.session_id, prompt=self.prompt, causal=self.plan.causal
         )  # (M, T, D)
         yield from self._read_out(segments, latents)
 

@@ -205,9 +205,13 @@ class SessionModel(nn.Module):
         reference = next(adapter.parameters())
         adapter.set_unit_log_rates(log_rates.to(reference.device, reference.dtype))
 
+    def adapter(self, session_id: str) -> SessionAdapter:
+        """The per-session layers (read-in, read-out, session token) of ``session_id``."""
+        return self.session_adapters[self._session_index(session_id)]
+
     def session_parameters(self, session_id: str) -> list[nn.Parameter]:
         """The parameters owned by one session (read-in, read-out, session token)."""
-        return list(self.session_adapters[self._session_index(session_id)].parameters())
+        return list(self.adapter(session_id).parameters())
 
     def _session_index(self, session_id: str) -> int:
         if session_id in self._session_ids:

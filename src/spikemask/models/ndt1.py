@@ -94,9 +94,35 @@ class NDT1(SessionModel):
         """
         del region_ids  # NDT1 has no region embedding
         adapter = self._checked_adapter(spikes, session_id)
-        batch, num_bins, _ = spikes.shape
-        data_tokens = self.embedding(adapter.read_in(spikes))  # (B, T, D)
-        specials = self._special_tokens(adapter, prompt, batch)  # (B, S, D)
-        time_index = torch.arange(num_bins, device=spikes.device)  # (T,)
-        latents = self._encode(data_tokens, specials, time_index, causal=causal)  # (B, T, D)
+        latents = self.encode_stitched(
+            adapter.read_in(spikes), session_id=session_id, prompt=prompt, causal=causal
+        )  # (B, T, D)
         return ModelOutput(log_rates=adapter.read_out(latents), latents=latents)
+
+    def encode_stitched(
+        self,
+        stitched: Tensor,
+        *,
+        session_id: str,
+        prompt: int | None = None,
+        causal: bool = False,
+    ) -> Tensor:
+        """Latents from the output of a session's read-in: the part of :meth:`forward`
+        between the two per-session linear maps.
+
+        Lets a caller compute read-in and read-out itself, e.g. evaluation, which builds
+        the read-in of many masked copies by subtraction and reads out only the scored
+        units. ``forward(x) == read_out(encode_stitched(read_in(x)))``.
+
+        Args:
+            stitched: ``(B, T, D_in)`` read-in output (``adapter(session_id).read_in``).
+            session_id / prompt / causal: as in :meth:`forward`.
+
+        Returns:
+            ``(B, T, D)`` latents.
+        """
+        adapter = self.adapter(session_id)
+        tokens = self.embedding(stitched)  # (B, T, D)
+        specials = self._special_tokens(adapter, prompt, tokens.shape[0])  # (B, S, D)
+        time_index = torch.arange(tokens.shape[1], device=tokens.device)  # (T,)
+        return self._encode(tokens, specials, time_index, causal=causal)

@@ -26,6 +26,8 @@ def test_decode_trial_labels_separable_and_chance_by_hand() -> None:
     rng = np.random.default_rng(0)
     y_train = np.array([1.0] * 25 + [-1.0] * 16)  # majority class +1
     y_test = np.array([1.0] * 15 + [-1.0] * 8)  # 23 trials
+    rng_copy = np.random.default_rng(0)
+    _labelled_trials(rng_copy, y_train, 3.0)  # the same draws as below
     result = decode_trial_labels(
         _labelled_trials(rng, y_train, 3.0), y_train, _labelled_trials(rng, y_test, 3.0), y_test
     )
@@ -34,6 +36,15 @@ def test_decode_trial_labels_separable_and_chance_by_hand() -> None:
     assert result["chance"] == pytest.approx(15 / 23)  # always predicting +1
     assert result["num_trials"] == 23
     assert result["C"] in np.logspace(-4, 2, 7)
+    scores, predicted = decode_trial_labels(
+        _labelled_trials(np.random.default_rng(0), y_train, 3.0),
+        y_train,
+        _labelled_trials(rng_copy, y_test, 3.0),
+        y_test,
+        return_predictions=True,
+    )
+    assert scores == result
+    assert np.mean(predicted == y_test) == pytest.approx(result["accuracy"])
 
 
 def test_decode_trial_labels_string_labels() -> None:
@@ -88,6 +99,13 @@ def test_decode_per_bin_recovers_linear_signal_and_drops_nan_rows() -> None:
     assert result["r2"] == pytest.approx(5.25 / 5.5, abs=0.04)
     assert result["num_trials"] == 13
     assert set(result) == {"r2", "num_trials", "alpha"}
+    scores, predicted = decode_per_bin(x_train, y_train, x_test, y_test, return_predictions=True)
+    assert scores == result
+    assert predicted.shape == y_test.shape and np.isfinite(predicted).all()
+    kept = ~np.isnan(y_test)
+    residual = np.square(y_test[kept] - predicted[kept]).sum()
+    total = np.square(y_test[kept] - y_test[kept].mean()).sum()
+    assert 1 - residual / total == pytest.approx(result["r2"])
 
 
 @pytest.mark.parametrize("num_features", [5, 40])  # more rows than features, and fewer

@@ -23,9 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from spikemask.api import TrainedModel
 from spikemask.data.session import Session, TrialSet
@@ -122,10 +119,7 @@ def _decode_labels(
         return {"skipped": "no usable trial in the evaluated split"}, None
     x_fit, y_fit = x_train[keep_train], y_train[keep_train].astype(int)
     x_test, y_test = x_eval[keep_eval], y_eval[keep_eval].astype(int)
-    scores = decode_trial_labels(x_fit, y_fit, x_test, y_test)
-    # the decoder's chosen C, refit on the same rows, gives its predictions for plots
-    refit = make_pipeline(StandardScaler(), LogisticRegression(C=scores["C"], max_iter=5000))
-    predicted = refit.fit(x_fit, y_fit).predict(x_test)
+    scores, predicted = decode_trial_labels(x_fit, y_fit, x_test, y_test, return_predictions=True)
     entry = {key: scores[key] for key in _LABEL_KEYS}
     return entry, BehaviorPrediction(y_test, predicted)
 
@@ -137,11 +131,7 @@ def _decode_bins(
     keep_train, keep_eval = ~np.isnan(y_train), ~np.isnan(y_eval)
     if keep_train.any(axis=1).sum() < 2 or keep_eval.sum() < 2:
         return {"skipped": "fewer than 2 training trials or 2 evaluated bins with values"}, None
-    scores = decode_per_bin(x_train, y_train, x_eval, y_eval)
-    num_features = x_train.shape[2]
-    refit = make_pipeline(StandardScaler(), Ridge(alpha=scores["alpha"]))
-    refit.fit(x_train.reshape(-1, num_features)[keep_train.ravel()], y_train[keep_train])
-    predicted = refit.predict(x_eval.reshape(-1, num_features)).reshape(y_eval.shape)
+    scores, predicted = decode_per_bin(x_train, y_train, x_eval, y_eval, return_predictions=True)
     entry = {"r2": scores["r2"], "num_trials": scores["num_trials"]}
     return entry, BehaviorPrediction(y_eval, predicted)
 

@@ -146,7 +146,8 @@ def decode_trial_labels(
     y_test: Any,
     *,
     seed: int = 0,
-) -> dict[str, float | int]:
+    return_predictions: bool = False,
+) -> dict[str, float | int] | tuple[dict[str, float | int], np.ndarray]:
     """Decodes one label per trial with cross-validated logistic regression.
 
     Features are standardised with training statistics; ``C`` is chosen from
@@ -161,10 +162,12 @@ def decode_trial_labels(
         features_test: Shape (K2, F).
         y_test: Shape (K2,).
         seed: Seed of the CV fold shuffle.
+        return_predictions: Also return the decoder's (K2,) test predictions.
 
     Returns:
         ``{"accuracy", "chance", "num_trials", "balanced_accuracy", "C"}``; ``chance`` is
-        the test accuracy of always predicting the most frequent training class.
+        the test accuracy of always predicting the most frequent training class. With
+        ``return_predictions``, the tuple ``(that dict, predictions)``.
 
     Raises:
         SpikemaskError: On bad shapes, non-finite features or a single training class.
@@ -195,13 +198,14 @@ def decode_trial_labels(
         )
     predicted = model.predict(x_test)
     truth = labels_test.tolist()
-    return DecodingResult(
+    scores = DecodingResult(
         metric="accuracy",
         value=accuracy(truth, predicted.tolist()),
         chance=accuracy(truth, [majority] * len(truth)),
         num_trials=len(truth),
         extra={"balanced_accuracy": balanced_accuracy(truth, predicted.tolist()), "C": best_c},
     ).to_dict()
+    return (scores, predicted) if return_predictions else scores
 
 
 def _trial_folds(keep: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -272,7 +276,8 @@ def decode_per_bin(
     y_test: Any,
     *,
     seed: int = 0,
-) -> dict[str, float | int]:
+    return_predictions: bool = False,
+) -> dict[str, float | int] | tuple[dict[str, float | int], np.ndarray]:
     """Decodes a continuous per-bin variable with cross-validated ridge regression.
 
     Every (trial, bin) is one row. Features are standardised with training statistics;
@@ -288,9 +293,12 @@ def decode_per_bin(
         features_test: Shape (K2, T, F).
         y_test: Shape (K2, T).
         seed: Seed of the trial-to-fold assignment.
+        return_predictions: Also return the decoder's (K2, T) predictions of every test
+            bin (NaN targets included).
 
     Returns:
         ``{"r2", "num_trials", "alpha"}``: R² over all kept test rows (:func:`r2_flat`).
+        With ``return_predictions``, the tuple ``(that dict, predictions)``.
 
     Raises:
         SpikemaskError: On bad shapes, non-finite features or fewer than 2 usable
@@ -311,7 +319,7 @@ def decode_per_bin(
             "`y_train` needs >= 2 trials and `y_test` >= 2 bins with non-NaN values"
         )
     rows_train = x_train.reshape(-1, num_features)[keep_train.ravel()]  # (kept rows, F)
-    rows_test = x_test.reshape(-1, num_features)[keep_test]
+    rows_test = x_test.reshape(-1, num_features)  # every test row; scored where kept
     values_train = target_train[keep_train]
     scores = np.zeros(RIDGE_ALPHAS.size)
     for fit_rows, validation_rows in _trial_folds(keep_train, seed):
@@ -319,13 +327,14 @@ def decode_per_bin(
         scores += _r2_columns(values_train[validation_rows], predict(rows_train[validation_rows]))
     best_alpha = float(RIDGE_ALPHAS[int(np.argmax(scores))])  # ties -> smallest alpha
     predicted = _fit_ridge(rows_train, values_train, np.array([best_alpha]))(rows_test)[:, 0]
-    return DecodingResult(
+    scores = DecodingResult(
         metric="r2",
-        value=r2_flat(target_test.ravel()[keep_test], predicted),
+        value=r2_flat(target_test.ravel()[keep_test], predicted[keep_test]),
         chance=None,
         num_trials=int(x_test.shape[0]),
         extra={"alpha": best_alpha},
     ).to_dict()
+    return (scores, predicted.reshape(target_test.shape)) if return_predictions else scores
 
 
 def trial_features(x: Any, *, method: str = "mean", num_chunks: int = 4) -> np.ndarray:

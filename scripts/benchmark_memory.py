@@ -22,12 +22,54 @@ import time
 from pathlib import Path
 
 
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _snapshot() -> dict[str, float]:
+    """Peak RSS so far, and the resident heap and mapped-file memory now (MB)."""
+    status = _proc_status()
+    return {
+        "peak": _peak_mb(),
+        "heap": status.get("RssAnon", 0) / 1024,
+        "mapped": status.get("RssFile", 0) / 1024,
+    }
+
+
+def _phase_tracker(peaks: dict[str, dict[str, float]]):
+    """A Lightning callback taking a memory snapshot at the end of each phase."""
+    from lightning.pytorch.callbacks import Callback
+
+    class PhasePeaks(Callback):
+        def on_train_start(self, trainer, module):
+            peaks["trainer set up (model, optimiser, sanity check)"] = _snapshot()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.global_step == 1:
+                peaks["first training step"] = _snapshot()
+
+        def on_validation_end(self, trainer, module):
+            if trainer.state.fn == "validate":  # run.fit's last pass over the val split
+                peaks["final validation"] = _snapshot()
+            elif trainer.global_step > 0:
+                peaks[f"validation after step {trainer.global_step}"] = _snapshot()
+
+        def on_train_end(self, trainer, module):
+            peaks["training loop ended"] = _snapshot()
+
+    return PhasePeaks()
+
+
 def measure(folders: list[str], preset: str, steps: int) -> dict:
     """Runs inside the child process."""
     from spikemask.config import load_config
+    from spikemask.data.loading import load_sessions
     from spikemask.training.run import train
 
     start = time.perf_counter()
+    peaks = {"imports (torch, lightning)": _snapshot()}
+    sessions = load_sessions(folders)
+    peaks["sessions loaded (counts memory-mapped)"] = _snapshot()
     config = load_config(
         preset=preset,
         sets=[
@@ -39,7 +81,10 @@ def measure(folders: list[str], preset: str, steps: int) -> dict:
         ],
     )
     with tempfile.TemporaryDirectory() as out:
-        result = train(folders, Path(out) / "run", config=config)
+        result = train(
+            sessions, Path(out) / "run", config=config, callbacks=[_phase_tracker(peaks)]
+        )
+        peaks["checkpoints written, run closed"] = _snapshot()
         from spikemask.training.checkpoint import load_checkpoint
 
         model = load_checkpoint(Path(out) / "run" / "checkpoints" / "last").model
@@ -48,7 +93,8 @@ def measure(folders: list[str], preset: str, steps: int) -> dict:
     shared = sum(p.numel() for n, p in model.named_parameters() if "session_adapters" not in n)
     return {
         "sessions": len(folders),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _peak_mb(),
+        "phases": peaks,
         "anon_mb": status.get("RssAnon", 0) / 1024,
         "file_mb": status.get("RssFile", 0) / 1024,
         "session_params": per_session,
@@ -102,6 +148,26 @@ def main() -> None:
         rows.append(json.loads(output.strip().splitlines()[-1]))
         print(f"measured {count} session(s)", file=sys.stderr)
     _print_table(rows, args.project)
+    _print_phases(rows)
+
+
+def _print_phases(rows: list[dict]) -> None:
+    """Memory at the end of each phase (in the order reached): where the peak is set."""
+    header = " | ".join(f"{r['sessions']} session(s)" for r in rows)
+    print(f"\n| at the end of | {header} |")
+    print("|---|" + "---:|" * len(rows))
+    phases = list(dict.fromkeys(p for r in rows for p in r["phases"]))
+    for phase in phases:
+        cells = []
+        for r in rows:
+            snap = r["phases"].get(phase)
+            cells.append(
+                ""
+                if snap is None
+                else f"{snap['peak']:.0f} / {snap['heap']:.0f} / {snap['mapped']:.0f}"
+            )
+        print(f"| {phase} | {' | '.join(cells)} |")
+    print("\nCells: peak RSS so far / heap now / mapped files now (MB).")
 
 
 def _print_table(rows: list[dict], project: int) -> None:

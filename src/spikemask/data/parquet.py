@@ -74,6 +74,16 @@ def read_session(
         SpikemaskError: Missing split files, malformed CSR columns, invalid counts,
             inconsistent unit metadata; the message names the file and the field.
     """
+    try:
+        return _read_session(directory, session_id, cache)
+    finally:
+        # Arrow's allocator keeps freed blocks; without this each session read leaves
+        # ~7 MB of heap behind (measured on the Steinmetz sessions), which adds up over
+        # hundreds of sessions.
+        pa.default_memory_pool().release_unused()
+
+
+def _read_session(directory: str | Path, session_id: str | None, cache: bool) -> Session:
     files = find_split_files(directory)
     units = None
     splits: dict[str, TrialSet] = {}

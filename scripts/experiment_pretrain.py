@@ -7,7 +7,7 @@ on that session alone. MtM is also pre-trained on the first 1, 3, ... sessions (
 curve; ``--scaling-maskings`` adds temporal). Every model is evaluated on the held-out
 sessions' test splits (all activity tasks and behaviour).
 
-    python scripts/experiment_pretrain.py ../shared/data/steinmetz2019/*/ --held-out Hench \\
+    python scripts/experiment_pretrain.py ../shared/data/steinmetz2019/*/ --held-out Cori \\
         --out bench/pretrain --pretrain-steps 3000 --finetune-steps 1000 \\
         --scratch-results bench/steinmetz3000/results.json
 

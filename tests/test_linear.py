@@ -12,9 +12,9 @@ from spikemask.errors import SpikemaskError
 from spikemask.evaluation.linear import (
     LinearBaselineConfig,
     MaskedPoissonGLM,
-    fit_forward_predictor,
     smooth_counts,
 )
+from spikemask.evaluation.linear_forward import fit_forward_predictor
 from spikemask.evaluation.metrics import bits_per_spike_pooled
 
 # ---------------------------------------------------------------- smoothing

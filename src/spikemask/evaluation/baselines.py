@@ -8,7 +8,7 @@ Shape letters: K trials, T time bins, N units, M target units.
   :class:`~spikemask.evaluation.linear.MaskedPoissonGLM` per task, predicting each scored
   unit from exactly the units its task leaves visible (the plan's allowed-input matrix),
   on Gaussian-smoothed counts; fit on the ``train`` split, predicting the evaluated one;
-* forward prediction: :func:`~spikemask.evaluation.linear.fit_forward_predictor`, a
+* forward prediction: :func:`~spikemask.evaluation.linear_forward.fit_forward_predictor`, a
   Poisson GLM from a summary of the observed leading bins to the hidden trailing bins;
 * behaviour: the same decoders as for the models, on raw binned counts (trial-mean
   counts per unit for trial labels, per-bin counts for per-bin behaviour).
@@ -28,9 +28,9 @@ from spikemask.data.session import Session
 from spikemask.evaluation.linear import (
     LinearBaselineConfig,
     MaskedPoissonGLM,
-    fit_forward_predictor,
     smooth_counts,
 )
+from spikemask.evaluation.linear_forward import fit_forward_predictor
 from spikemask.evaluation.tasks import TaskPlan
 
 __all__ = ["MAX_LOG_RATE", "LinearBaseline"]

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -42,6 +43,7 @@ from spikemask.models import build_model
 from spikemask.training.batches import SessionBatchSampler, SessionTrialsDataset, mean_log_rate
 from spikemask.training.checkpoint import Checkpoint, SessionInfo, save_checkpoint
 from spikemask.training.module import MtMModule
+from spikemask.training.progress import progress_bar
 
 __all__ = ["TrainResult", "build_dataloader", "fit", "init_unit_rates", "session_info", "train"]
 
@@ -205,6 +207,7 @@ def _make_trainer(run_dir: Path, config: RunConfig, callbacks: list[Callback]) -
     resume = ModelCheckpoint(
         dirpath=run_dir / RESUME_DIR, save_last=True, save_top_k=0, enable_version_counter=False
     )
+    bar = progress_bar() if cfg.progress_bar else None
     return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=cfg.max_epochs if cfg.max_epochs is not None else -1,
@@ -218,7 +221,7 @@ def _make_trainer(run_dir: Path, config: RunConfig, callbacks: list[Callback]) -
         gradient_clip_val=cfg.gradient_clip or None,
         log_every_n_steps=cfg.log_every_n_steps,
         logger=loggers,
-        callbacks=[resume, *callbacks],
+        callbacks=[resume, *callbacks, *([bar] if bar is not None else [])],
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
         use_distributed_sampler=False,
@@ -295,7 +298,11 @@ def fit(
     trainer = _make_trainer(run_dir, config, [saver, *callbacks])
     ckpt = run_dir / RESUME_DIR / "last.ckpt" if resume else None
     start = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
+    with warnings.catch_warnings():
+        # Lightning's advice for short epochs does not apply: logging counts global steps.
+        warnings.filterwarnings("ignore", message=r"The number of training batches .* logging")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
     if not math.isfinite(saver.best) and not trainer.interrupted:
         # a step or time budget ended training before any validation: validate once now so
         # the checkpoints carry a validation loss

@@ -115,3 +115,11 @@ def test_bad_flag_is_an_argparse_error(capsys):
         main(["train", "x", "--out", "y", "--masking", "bogus"])
     assert info.value.code == 2
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+def test_masking_choices_match_the_masking_presets():
+    # cli.py lists them itself so that parsing arguments does not import torch
+    from spikemask.cli import MASKING_CHOICES
+    from spikemask.masking.mixture import PRESETS
+
+    assert set(MASKING_CHOICES) == set(PRESETS)

@@ -13,7 +13,8 @@ sessions' test splits (all activity tasks and behaviour).
 
 ``--scratch-results`` takes the from-scratch rows from a ``benchmark_sessions.py`` results
 file (the same single-session models and evaluation); without it the script trains them with
-``--scratch-steps``. Writes ``results.json``, ``table.md`` and ``scaling.png`` into
+``--scratch-steps``; models from scratch with the fine-tuning budget are always trained here.
+Writes ``results.json``, ``table.md`` and ``scaling.png`` into
 ``--out``. Resumable: trained runs and their evaluations (``evaluation.json`` in each run
 folder) are reused.
 """
@@ -106,7 +107,15 @@ def main() -> None:
           f"{[s.session_id for s in others]}", flush=True)
 
     results: dict[str, dict] = {}
-    # The main comparison first (all sessions), then the rest of the scaling curve.
+    budgets = list(dict.fromkeys([args.scratch_steps, args.finetune_steps]))
+    _pretrained_rows(results, held, others, sizes, budgets, args)
+    _scratch_rows(results, held, budgets, args)
+    print(_write(results, args.out, sizes, budgets))
+
+
+def _pretrained_rows(results, held, others, sizes, budgets, args) -> None:
+    """Pre-train, fine-tune on each held-out session, evaluate. The main comparison (all
+    sessions) first, then the rest of the scaling curve."""
     plan = [(m, len(others)) for m in MASKINGS]
     plan += [(m, n) for m in args.scaling_maskings for n in sizes if n != len(others)]
     for masking, size in plan:
@@ -123,30 +132,40 @@ def main() -> None:
                        lambda run=run, s=session, c=config, pre=pre:
                        finetune(pre, [s], run, mode="full", config=c))
             _add(results, f"{masking} pre-trained on {size}", _evaluate(run, session, args.tasks))
-        _write(results, args.out, sizes)
+        _write(results, args.out, sizes, budgets)
 
+
+def _scratch_rows(results, held, budgets, args) -> None:
+    """From scratch on each held-out session alone: with the full single-session budget,
+    and with the fine-tuning budget (the same number of steps on the new session)."""
     for masking in MASKINGS:
-        name = f"{masking} scratch"
-        for session in held:
-            if args.scratch_results is not None:
-                _add(results, name, _benchmark_result(args.scratch_results, masking, session))
-                continue
-            run = args.out / "scratch" / masking / session.session_id
-            if not _done(run):
-                config = _config(masking, args.scratch_steps, args.seed)
-                _timed(args.out, f"scratch {masking} on {session.session_id}",
-                       lambda run=run, s=session, c=config: train([s], run, config=c))
-            _add(results, name, _evaluate(run, session, args.tasks))
-    print(_write(results, args.out, sizes))
+        for steps in budgets:
+            name = f"{masking} scratch, {steps} steps"
+            for session in held:
+                if steps == args.scratch_steps and args.scratch_results is not None:
+                    result = _benchmark_result(args.scratch_results, masking, session, steps)
+                    _add(results, name, result)
+                    continue
+                run = args.out / "scratch" / masking / str(steps) / session.session_id
+                if not _done(run):
+                    config = _config(masking, steps, args.seed)
+                    _timed(args.out, f"scratch {masking} ({steps} steps) on {session.session_id}",
+                           lambda run=run, s=session, c=config: train([s], run, config=c))
+                _add(results, name, _evaluate(run, session, args.tasks))
 
 
-def _benchmark_result(path: Path, masking: str, session) -> dict:
+def _benchmark_result(path: Path, masking: str, session, steps: int) -> dict:
     summary = json.loads(path.read_text())
     entry = summary.get(session.session_id)
     if entry is None:
         raise SystemExit(f"{path} has no results for {session.session_id}; run "
                          "benchmark_sessions.py on it first or drop --scratch-results")
-    return entry["results"][BENCHMARK_NAMES[masking]]
+    name = BENCHMARK_NAMES[masking]
+    trained = entry.get("training", {}).get(name, {}).get("steps")
+    if trained is not None and trained != steps:
+        raise SystemExit(f"{path}: {name} of {session.session_id} trained {trained} steps, "
+                         f"not --scratch-steps {steps}")
+    return entry["results"][name]
 
 
 def _add(results: dict, name: str, result: dict) -> None:
@@ -155,13 +174,13 @@ def _add(results: dict, name: str, result: dict) -> None:
     entry["sessions"].update(result["sessions"])
 
 
-def _write(results: dict, out: Path, sizes: list[int]) -> str:
+def _write(results: dict, out: Path, sizes: list[int], budgets: list[int]) -> str:
     for result in results.values():
         result["mean"] = mean_over_sessions(result["sessions"])
     (out / "results.json").write_text(json.dumps(results, indent=1))
     table = markdown_table(results)
     (out / "table.md").write_text(table + "\n")
-    _plot(results, sizes, out / "scaling.png")
+    _plot(results, sizes, budgets, out / "scaling.png")
     return table
 
 
@@ -170,7 +189,7 @@ def _mean_bps(results: dict, name: str, task: str) -> float:
     return np.nan if value is None else float(value)
 
 
-def _plot(results: dict, sizes: list[int], path: Path) -> None:
+def _plot(results: dict, sizes: list[int], budgets: list[int], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -183,9 +202,11 @@ def _plot(results: dict, sizes: list[int], path: Path) -> None:
             values = [_mean_bps(results, f"{masking} pre-trained on {n}", task) for n in sizes]
             if not np.all(np.isnan(values)):
                 ax.plot(sizes, values, "o-", color=color, label=f"{masking}, fine-tuned")
-            scratch = _mean_bps(results, f"{masking} scratch", task)
-            if not np.isnan(scratch):
-                ax.axhline(scratch, color=color, ls="--", label=f"{masking}, from scratch")
+            for steps, style in zip(budgets, ("--", ":"), strict=False):
+                scratch = _mean_bps(results, f"{masking} scratch, {steps} steps", task)
+                if not np.isnan(scratch):
+                    ax.axhline(scratch, color=color, ls=style,
+                               label=f"{masking}, from scratch ({steps} steps)")
         ax.set_title(task.replace("_", " "))
         ax.set_xlabel("pre-training sessions")
         ax.set_xticks(sizes)

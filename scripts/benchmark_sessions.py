@@ -9,7 +9,8 @@ written by ``spikemask synth``) the true rates give an "oracle" row.
     spikemask synth --out bench/synth-data --sessions 3 --seed 0
     python scripts/benchmark_sessions.py bench/synth-data/* --out bench/synth
 
-Resumable: a session whose results are already in ``--out`` is skipped.
+Resumable: a session whose results are already in ``--out`` is skipped. Sessions can be
+split over several processes or machines (one ``--out`` each) and joined with ``--merge``.
 """
 
 from __future__ import annotations
@@ -94,12 +95,26 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=300, help="training steps per model")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--table-only", action="store_true",
-                        help="print the table of the sessions already in --out and stop")
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="print the table of the sessions already in --out and stop",
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="first add the sessions of these other --out folders (e.g. runs "
+        "of this script on other machines)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     summary_path = args.out / "results.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    for other in args.merge:
+        summary.update(json.loads((other / "results.json").read_text()))
+        summary_path.write_text(json.dumps(summary, indent=1))
     if args.table_only:
         print(table(summary))
         return

@@ -44,11 +44,17 @@ ACTIVITY_TASKS = ("co_smoothing", "forward_prediction", "inter_region", "intra_r
 
 def _config(masking: str, steps: int, seed: int, sampling: str = "proportional"):
     schemes = json.dumps(list(MaskingConfig.preset(masking).schemes))
-    return load_config(preset="small", sets=[
-        f"train.max_steps={steps}", "train.max_epochs=null", f"train.seed={seed}",
-        "train.progress_bar=false", f"masking.schemes={schemes}",
-        f"data.session_sampling={sampling}",
-    ])
+    return load_config(
+        preset="small",
+        sets=[
+            f"train.max_steps={steps}",
+            "train.max_epochs=null",
+            f"train.seed={seed}",
+            "train.progress_bar=false",
+            f"masking.schemes={schemes}",
+            f"data.session_sampling={sampling}",
+        ],
+    )
 
 
 def _done(run: Path) -> bool:
@@ -82,29 +88,47 @@ def main() -> None:
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--held-out", required=True, help="subject (animal) to hold out")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--scaling", type=int, nargs="+", default=[1, 3],
-                        help="pre-training set sizes besides 'all'")
-    parser.add_argument("--scaling-maskings", nargs="+", default=["mtm"], choices=MASKINGS,
-                        help="maskings pre-trained at every scaling size (others: 'all' only)")
+    parser.add_argument(
+        "--scaling",
+        type=int,
+        nargs="+",
+        default=[1, 3],
+        help="pre-training set sizes besides 'all'",
+    )
+    parser.add_argument(
+        "--scaling-maskings",
+        nargs="+",
+        default=["mtm"],
+        choices=MASKINGS,
+        help="maskings pre-trained at every scaling size (others: 'all' only)",
+    )
     parser.add_argument("--pretrain-steps", type=int, default=3000)
     parser.add_argument("--finetune-steps", type=int, default=1000)
     parser.add_argument("--scratch-steps", type=int, default=3000)
-    parser.add_argument("--scratch-results", type=Path, default=None,
-                        help="benchmark_sessions.py results.json with the from-scratch models")
+    parser.add_argument(
+        "--scratch-results",
+        type=Path,
+        default=None,
+        help="benchmark_sessions.py results.json with the from-scratch models",
+    )
     parser.add_argument("--tasks", nargs="+", default=None, help="evaluation tasks (default all)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     sessions = load_sessions([f for f in args.folders if (f / "data").is_dir()])
-    held = [s for s in sessions if str(s.metadata.get("subject", "")).lower()
-            == args.held_out.lower()]
+    held = [
+        s for s in sessions if str(s.metadata.get("subject", "")).lower() == args.held_out.lower()
+    ]
     others = [s for s in sessions if s not in held]
     if not held or not others:
         raise SystemExit(f"need sessions of {args.held_out!r} and of other animals")
     sizes = sorted({n for n in args.scaling if n < len(others)} | {len(others)})
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"held out: {[s.session_id for s in held]}; pre-training pool: "
-          f"{[s.session_id for s in others]}", flush=True)
+    print(
+        f"held out: {[s.session_id for s in held]}; pre-training pool: "
+        f"{[s.session_id for s in others]}",
+        flush=True,
+    )
 
     results: dict[str, dict] = {}
     budgets = list(dict.fromkeys([args.scratch_steps, args.finetune_steps]))
@@ -122,15 +146,22 @@ def _pretrained_rows(results, held, others, sizes, budgets, args) -> None:
         pre = args.out / "pretrain" / masking / f"{size}"
         if not _done(pre):
             config = _config(masking, args.pretrain_steps, args.seed, "balanced")
-            _timed(args.out, f"pre-train {masking} on {size}",
-                   lambda pre=pre, c=config, n=size: train(others[:n], pre, config=c))
+            _timed(
+                args.out,
+                f"pre-train {masking} on {size}",
+                lambda pre=pre, c=config, n=size: train(others[:n], pre, config=c),
+            )
         for session in held:
             run = args.out / "finetune" / masking / f"{size}" / session.session_id
             if not _done(run):
                 config = _config(masking, args.finetune_steps, args.seed)
-                _timed(args.out, f"fine-tune {masking}/{size} on {session.session_id}",
-                       lambda run=run, s=session, c=config, pre=pre:
-                       finetune(pre, [s], run, mode="full", config=c))
+                _timed(
+                    args.out,
+                    f"fine-tune {masking}/{size} on {session.session_id}",
+                    lambda run=run, s=session, c=config, pre=pre: finetune(
+                        pre, [s], run, mode="full", config=c
+                    ),
+                )
             _add(results, f"{masking} pre-trained on {size}", _evaluate(run, session, args.tasks))
         _write(results, args.out, sizes, budgets)
 
@@ -149,8 +180,11 @@ def _scratch_rows(results, held, budgets, args) -> None:
                 run = args.out / "scratch" / masking / str(steps) / session.session_id
                 if not _done(run):
                     config = _config(masking, steps, args.seed)
-                    _timed(args.out, f"scratch {masking} ({steps} steps) on {session.session_id}",
-                           lambda run=run, s=session, c=config: train([s], run, config=c))
+                    _timed(
+                        args.out,
+                        f"scratch {masking} ({steps} steps) on {session.session_id}",
+                        lambda run=run, s=session, c=config: train([s], run, config=c),
+                    )
                 _add(results, name, _evaluate(run, session, args.tasks))
 
 
@@ -158,19 +192,25 @@ def _benchmark_result(path: Path, masking: str, session, steps: int) -> dict:
     summary = json.loads(path.read_text())
     entry = summary.get(session.session_id)
     if entry is None:
-        raise SystemExit(f"{path} has no results for {session.session_id}; run "
-                         "benchmark_sessions.py on it first or drop --scratch-results")
+        raise SystemExit(
+            f"{path} has no results for {session.session_id}; run "
+            "benchmark_sessions.py on it first or drop --scratch-results"
+        )
     name = BENCHMARK_NAMES[masking]
     trained = entry.get("training", {}).get(name, {}).get("steps")
     if trained is not None and trained != steps:
-        raise SystemExit(f"{path}: {name} of {session.session_id} trained {trained} steps, "
-                         f"not --scratch-steps {steps}")
+        raise SystemExit(
+            f"{path}: {name} of {session.session_id} trained {trained} steps, "
+            f"not --scratch-steps {steps}"
+        )
     return entry["results"][name]
 
 
 def _add(results: dict, name: str, result: dict) -> None:
-    entry = results.setdefault(name, {"sessions": {}, "split": result.get("split", "test"),
-                                      "model": result.get("model", {})})
+    entry = results.setdefault(
+        name,
+        {"sessions": {}, "split": result.get("split", "test"), "model": result.get("model", {})},
+    )
     entry["sessions"].update(result["sessions"])
 
 
@@ -195,8 +235,9 @@ def _plot(results: dict, sizes: list[int], budgets: list[int], path: Path) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(ACTIVITY_TASKS), figsize=(4 * len(ACTIVITY_TASKS), 3.4),
-                             sharex=True)
+    fig, axes = plt.subplots(
+        1, len(ACTIVITY_TASKS), figsize=(4 * len(ACTIVITY_TASKS), 3.4), sharex=True
+    )
     for ax, task in zip(axes, ACTIVITY_TASKS, strict=True):
         for masking, color in zip(MASKINGS, ("tab:orange", "tab:blue"), strict=True):
             values = [_mean_bps(results, f"{masking} pre-trained on {n}", task) for n in sizes]
@@ -205,8 +246,12 @@ def _plot(results: dict, sizes: list[int], budgets: list[int], path: Path) -> No
             for steps, style in zip(budgets, ("--", ":"), strict=False):
                 scratch = _mean_bps(results, f"{masking} scratch, {steps} steps", task)
                 if not np.isnan(scratch):
-                    ax.axhline(scratch, color=color, ls=style,
-                               label=f"{masking}, from scratch ({steps} steps)")
+                    ax.axhline(
+                        scratch,
+                        color=color,
+                        ls=style,
+                        label=f"{masking}, from scratch ({steps} steps)",
+                    )
         ax.set_title(task.replace("_", " "))
         ax.set_xlabel("pre-training sessions")
         ax.set_xticks(sizes)

@@ -236,13 +236,19 @@ def _plot(results: dict, sizes: list[int], budgets: list[int], path: Path) -> No
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(
-        1, len(ACTIVITY_TASKS), figsize=(4 * len(ACTIVITY_TASKS), 3.4), sharex=True
+        1, len(ACTIVITY_TASKS), figsize=(19, 3.6), sharex=True, layout="constrained"
     )
     for ax, task in zip(axes, ACTIVITY_TASKS, strict=True):
         for masking, color in zip(MASKINGS, ("tab:orange", "tab:blue"), strict=True):
             values = [_mean_bps(results, f"{masking} pre-trained on {n}", task) for n in sizes]
             if not np.all(np.isnan(values)):
-                ax.plot(sizes, values, "o-", color=color, label=f"{masking}, fine-tuned")
+                ax.plot(
+                    sizes,
+                    values,
+                    "o-",
+                    color=color,
+                    label=f"{masking}, pre-trained, then fine-tuned",
+                )
             for steps, style in zip(budgets, ("--", ":"), strict=False):
                 scratch = _mean_bps(results, f"{masking} scratch, {steps} steps", task)
                 if not np.isnan(scratch):
@@ -255,10 +261,11 @@ def _plot(results: dict, sizes: list[int], budgets: list[int], path: Path) -> No
         ax.set_title(task.replace("_", " "))
         ax.set_xlabel("pre-training sessions")
         ax.set_xticks(sizes)
-    axes[0].set_ylabel("bits per spike (pooled, mean over held-out sessions)")
-    if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    axes[0].set_ylabel("bits per spike (pooled)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    fig.suptitle("Held-out animal, mean over its sessions", fontsize=10)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

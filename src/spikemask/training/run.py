@@ -13,12 +13,13 @@ A run folder holds::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -192,6 +193,17 @@ def _launch_layout(cfg) -> tuple[Any, int, str]:
     return devices, nodes, strategy
 
 
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning warnings that are noise for spikemask users."""
+    with warnings.catch_warnings():
+        # advice for short epochs does not apply: logging counts global steps
+        warnings.filterwarnings("ignore", message=r"The number of training batches .* logging")
+        # raised inside Lightning itself with recent torch versions
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+        yield
+
+
 def _make_trainer(run_dir: Path, config: RunConfig, callbacks: list[Callback]) -> L.Trainer:
     cfg = config.train
     devices, num_nodes, strategy = _launch_layout(cfg)
@@ -298,15 +310,12 @@ def fit(
     trainer = _make_trainer(run_dir, config, [saver, *callbacks])
     ckpt = run_dir / RESUME_DIR / "last.ckpt" if resume else None
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        # Lightning's advice for short epochs does not apply: logging counts global steps.
-        warnings.filterwarnings("ignore", message=r"The number of training batches .* logging")
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    with _quiet_lightning():
         trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
-    if not math.isfinite(saver.best) and not trainer.interrupted:
-        # a step or time budget ended training before any validation: validate once now so
-        # the checkpoints carry a validation loss
-        trainer.validate(module, val_loader, verbose=False)
+        if not math.isfinite(saver.best) and not trainer.interrupted:
+            # a step or time budget ended training before any validation: validate once now
+            # so the checkpoints carry a validation loss
+            trainer.validate(module, val_loader, verbose=False)
     return TrainResult(
         run_dir,
         saver.best,

@@ -219,7 +219,6 @@ def _make_trainer(run_dir: Path, config: RunConfig, callbacks: list[Callback]) -
     resume = ModelCheckpoint(
         dirpath=run_dir / RESUME_DIR, save_last=True, save_top_k=0, enable_version_counter=False
     )
-    bar = progress_bar() if cfg.progress_bar else None
     return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=cfg.max_epochs if cfg.max_epochs is not None else -1,
@@ -233,7 +232,7 @@ def _make_trainer(run_dir: Path, config: RunConfig, callbacks: list[Callback]) -
         gradient_clip_val=cfg.gradient_clip or None,
         log_every_n_steps=cfg.log_every_n_steps,
         logger=loggers,
-        callbacks=[resume, *callbacks, *([bar] if bar is not None else [])],
+        callbacks=[resume, *callbacks, *([progress_bar()] if cfg.progress_bar else [])],
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
         use_distributed_sampler=False,

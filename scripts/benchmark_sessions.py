@@ -113,6 +113,8 @@ def main() -> None:
     summary_path = args.out / "results.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     for other in args.merge:
+        if not (other / "results.json").is_file():
+            raise SystemExit(f"--merge {other}: no results.json there (an --out of this script?)")
         summary.update(json.loads((other / "results.json").read_text()))
         summary_path.write_text(json.dumps(summary, indent=1))
     if args.table_only:

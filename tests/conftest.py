@@ -13,6 +13,18 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 STEINMETZ = SHARED_DATA / "steinmetz2019"
 
 
+TINY_MODEL = [
+    "model.width=32",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.mlp_width=48",
+    "model.stitch_width=16",
+    "model.dropout=0.0",
+    "model.embed_dropout=0.0",
+]
+"""``--set`` overrides for a tiny NDT1 that trains in seconds (training and DDP tests)."""
+
+
 def steinmetz_dirs() -> list[Path]:
     """The real Steinmetz session folders, or a skip when ../shared/data is absent."""
     if not STEINMETZ.is_dir():

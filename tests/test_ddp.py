@@ -19,16 +19,10 @@ from safetensors.torch import load_file
 
 from spikemask.data.parquet import write_session
 
-from conftest import make_session
+from conftest import TINY_MODEL, make_session
 
 SETTINGS = [
-    "model.width=32",
-    "model.num_layers=1",
-    "model.num_heads=2",
-    "model.mlp_width=48",
-    "model.stitch_width=16",
-    "model.dropout=0.0",
-    "model.embed_dropout=0.0",
+    *TINY_MODEL,
     "data.batch_size=8",
     "train.log_every_n_steps=1",
     "train.tensorboard=false",

@@ -18,16 +18,10 @@ from spikemask.training.checkpoint import load_checkpoint
 from spikemask.training.finetune import finetune
 from spikemask.training.run import train
 
-from conftest import make_session
+from conftest import TINY_MODEL, make_session
 
 TINY = [
-    "model.width=32",
-    "model.num_layers=1",
-    "model.num_heads=2",
-    "model.mlp_width=48",
-    "model.stitch_width=16",
-    "model.dropout=0.0",
-    "model.embed_dropout=0.0",
+    *TINY_MODEL,
     "data.batch_size=4",
     "train.progress_bar=false",
     "train.tensorboard=false",

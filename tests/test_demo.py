@@ -1,4 +1,4 @@
-"""The README's main job, end to end on the shipped session, with a tiny time budget."""
+"""The README's main job, end to end on the shipped session, with a tiny step budget."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ACTIVITY = ("co_smoothing", "forward_prediction", "inter_region", "intra_region"
 
 
 def test_demo_trains_evaluates_and_reports(tmp_path, capsys):
-    report = run_demo(tmp_path / "demo", minutes=0.04, progress=False)
+    report = run_demo(tmp_path / "demo", steps=12, progress=False)
     out = tmp_path / "demo"
     assert report == out / "report.md"
     text = report.read_text()
@@ -38,5 +38,7 @@ def test_demo_trains_evaluates_and_reports(tmp_path, capsys):
 
     # a second demo into the same folder needs --force
     with pytest.raises(SpikemaskError, match="already holds demo results"):
-        run_demo(out, minutes=0.04, progress=False)
+        run_demo(out, steps=12, progress=False)
     assert main(["demo", "--out", str(out), "--minutes", "-1"]) == 2
+    assert main(["demo", "--out", str(out), "--steps", "0"]) == 2
+    assert "--steps 0: expected a positive number of steps" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Tests of spikemask.evaluation.linear (smoothing, masked Poisson GLM, forward predictor)."""
+"""Tests of the linear baseline: smoothing, PCA features, the batched Poisson GLM and the
+reference recipe's groups (spikemask.evaluation.linear / glm / baselines)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,14 @@ import math
 
 import numpy as np
 import pytest
-import torch
+from sklearn.linear_model import PoissonRegressor
 
+from spikemask.data.session import Session, TrialSet
 from spikemask.errors import SpikemaskError
-from spikemask.evaluation.linear import (
-    LinearBaselineConfig,
-    MaskedPoissonGLM,
-    smooth_counts,
-)
-from spikemask.evaluation.linear_forward import fit_forward_predictor
-from spikemask.evaluation.metrics import bits_per_spike_pooled
+from spikemask.evaluation.baselines import LinearBaseline
+from spikemask.evaluation.glm import PSEUDO_COUNT, fit_poisson_glm
+from spikemask.evaluation.linear import LinearBaselineConfig, pca_features, smooth_counts
+from spikemask.evaluation.tasks import plan_task, score_task
 
 # ---------------------------------------------------------------- smoothing
 
@@ -62,132 +61,182 @@ def test_smoothing_rejects_bad_input() -> None:
         smooth_counts(np.zeros((2, 7, 3)), -1.0)
 
 
-# ---------------------------------------------------------------- GLM
+# ---------------------------------------------------------------- PCA features
 
 
-def test_glm_recovers_known_weights_and_respects_allowed() -> None:
-    rng = np.random.default_rng(2)
-    features = rng.normal(1.0, 2.0, size=(300, 20, 5))  # not standardised on purpose
-    weight = np.array(
-        [[0.2, 0.0, -0.1], [0.0, 0.15, 0.0], [-0.1, 0.0, 0.0], [0.0, -0.2, 0.1], [0.1, 0.0, 0.0]]
-    )
-    intercept = np.log([0.5, 0.8, 0.3])
-    targets = rng.poisson(np.exp(features @ weight + intercept)).astype(float)
-    allowed = weight != 0.0
-    allowed[2, 1] = True  # an allowed input whose true weight is 0
-    glm = MaskedPoissonGLM(allowed, l2=1e-5, per_bin_offset=False, dtype=torch.float64)
-    glm.fit(features, targets)
-    np.testing.assert_allclose(glm.coef_, weight, atol=0.02)  # standard error ~0.006
-    np.testing.assert_allclose(glm.intercept_, intercept, atol=0.05)
-    assert np.all(glm.coef_[~allowed] == 0.0)  # exactly zero, not just small
-    rates = glm.predict_rates(features)
-    np.testing.assert_allclose(rates, np.exp(features @ glm.coef_ + glm.intercept_))
+def test_pca_features_are_whitened_on_the_fit_rows_and_reused_for_others() -> None:
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(4, 9))
+    fit = (rng.normal(size=(30, 5, 4)) * [3.0, 1.0, 0.5, 0.1]) @ mixing  # rank 4 in 9 inputs
+    other = fit[:3] + 1.0
+    fit_z, (other_z,) = pca_features(fit, [other], num_components=3)
+    rows = fit_z.reshape(-1, 3)
+    np.testing.assert_allclose(rows.mean(0), 0.0, atol=1e-10)
+    np.testing.assert_allclose(np.cov(rows.T), np.eye(3), atol=1e-8)  # whitened, ordered
+    # the same affine map: a constant shift of the inputs shifts every projection equally
+    delta = other_z - fit_z[:3]
+    np.testing.assert_allclose(delta, np.broadcast_to(delta[0, 0], delta.shape), atol=1e-8)
+    few_z, _ = pca_features(fit[:, :, :2], [], num_components=20)
+    assert few_z.shape == (30, 5, 2)  # no more components than inputs
 
 
-def test_glm_per_bin_offset_fits_the_psth() -> None:
+# ---------------------------------------------------------------- batched Poisson GLM
+
+
+def _sklearn_log_rates(z: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
+    """Reference: scikit-learn's PoissonRegressor on [z, one-hot bin] for each unit."""
+    k, t, p = z.shape
+    onehot = np.broadcast_to(np.eye(t), (k, t, t))
+    x = np.concatenate([z, onehot], axis=2).reshape(k * t, p + t)
+    out = np.empty(y.shape)
+    for m in range(y.shape[2]):
+        reg = PoissonRegressor(alpha=alpha, max_iter=10_000, tol=1e-12)
+        reg.fit(x, y[:, :, m].reshape(-1))
+        out[:, :, m] = (x @ reg.coef_ + reg.intercept_).reshape(k, t)
+    return out
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.01])
+def test_glm_matches_scikit_learn_poisson_regressor(alpha: float) -> None:
     rng = np.random.default_rng(3)
-    psth = 0.5 + 0.4 * np.sin(np.linspace(0, 3, 11))[:, None] * np.array([1.0, -1.0, 0.5])
-    targets = rng.poisson(np.broadcast_to(psth, (100, 11, 3))).astype(float)
-    features = np.zeros((100, 11, 2))  # constant inputs: only bias and offsets matter
-    glm = MaskedPoissonGLM(np.ones((2, 3), bool), l2=1e-6).fit(features, targets)
-    rates = glm.predict_rates(features[:5])
-    assert rates.shape == (5, 11, 3)
-    # The maximum-likelihood rate of each (bin, unit) is its mean count over trials.
-    np.testing.assert_allclose(rates[0], targets.mean(axis=0), rtol=0.02)
-    np.testing.assert_array_equal(rates[0], rates[4])
+    z = rng.normal(size=(23, 7, 3))
+    true_w = rng.normal(scale=0.4, size=(3, 4))
+    profile = np.sin(np.arange(7))[:, None] * 0.5  # a per-bin modulation
+    y = rng.poisson(np.exp(z @ true_w + profile - 1.0)).astype(float)
+    fit = fit_poisson_glm(z, y, alpha)
+    np.testing.assert_allclose(fit.log_rates(z), _sklearn_log_rates(z, y, alpha), atol=2e-5)
 
 
-def _independent_slow_units(rng: np.random.Generator, num_trials: int) -> np.ndarray:
-    """(K, 31, 6) counts; each unit's rate follows its own slow random modulation."""
-    noise = rng.normal(size=(num_trials, 31 + 12, 6))
-    kernel = np.exp(-0.5 * (np.arange(-6, 7) / 3.0) ** 2)
-    slow = np.stack(
-        [
-            [np.convolve(noise[k, :, n], kernel, mode="valid") for n in range(6)]
-            for k in range(num_trials)
-        ]
-    ).transpose(0, 2, 1)  # (K, 31, 6), sd ~ 2.7
-    return rng.poisson(np.exp(-0.5 + 0.5 * slow)).astype(float)
-
-
-def test_disallowed_inputs_do_not_leak() -> None:
+def test_glm_warm_start_reaches_the_same_optimum_and_silent_units_get_a_pseudo_count() -> None:
     rng = np.random.default_rng(4)
-    train, test = _independent_slow_units(rng, 60), _independent_slow_units(rng, 30)
-    smoothed_train, smoothed_test = smooth_counts(train, 2.0), smooth_counts(test, 2.0)
-    scores = {}
-    for name, allowed in (("others", ~np.eye(6, dtype=bool)), ("all", np.ones((6, 6), bool))):
-        glm = MaskedPoissonGLM(allowed, l2=1e-3).fit(smoothed_train, train)
-        scores[name] = bits_per_spike_pooled(glm.predict_rates(smoothed_test), test)
-    assert scores["all"] > 0.2  # a unit's own smoothed counts predict it well
-    assert scores["others"] < 0.03  # independent units carry nothing about it
+    z = rng.normal(size=(15, 6, 2))
+    y = rng.poisson(0.7, size=(15, 6, 3)).astype(float)
+    y[:, :, 1] = 0.0  # a silent unit
+    cold = fit_poisson_glm(z, y, 0.1)
+    warm = fit_poisson_glm(z, y, 0.1, start=fit_poisson_glm(z, y, 1.0))
+    np.testing.assert_allclose(warm.log_rates(z), cold.log_rates(z), atol=1e-6)
+    silent = cold.log_rates(z)[:, :, 1]
+    np.testing.assert_allclose(np.exp(silent), PSEUDO_COUNT / (15 * 6))
+    assert np.isfinite(cold.log_rates(z)).all()
 
 
-def test_glm_from_config() -> None:
-    config = LinearBaselineConfig(l2=0.5, max_iter=7, per_bin_offset=False)
-    glm = MaskedPoissonGLM.from_config(np.ones((3, 2), bool), config)
-    assert (glm.l2, glm.max_iter, glm.per_bin_offset) == (0.5, 7, False)
+def test_glm_rejects_bad_input() -> None:
+    with pytest.raises(SpikemaskError, match="alpha must be > 0"):
+        fit_poisson_glm(np.zeros((2, 3, 1)), np.zeros((2, 3, 1)), 0.0)
+    with pytest.raises(SpikemaskError, match="share K and T"):
+        fit_poisson_glm(np.zeros((2, 3, 1)), np.zeros((2, 4, 1)), 0.1)
+    fit = fit_poisson_glm(np.zeros((2, 3, 1)), np.ones((2, 3, 1)), 0.1)
+    with pytest.raises(SpikemaskError, match="features must have shape"):
+        fit.log_rates(np.zeros((2, 4, 1)))
 
 
-def test_glm_predict_checks_inputs() -> None:
-    glm = MaskedPoissonGLM(np.ones((4, 2), bool))
-    with pytest.raises(SpikemaskError, match="must be fit"):
-        glm.predict_rates(np.zeros((3, 7, 4)))
-    glm.fit(np.random.default_rng(5).normal(size=(3, 7, 4)), np.ones((3, 7, 2)))
-    with pytest.raises(SpikemaskError, match="4 inputs"):
-        glm.predict_rates(np.zeros((3, 7, 5)))
-    with pytest.raises(SpikemaskError, match="7 time bins"):
-        glm.predict_rates(np.zeros((3, 6, 4)))
-    with pytest.raises(SpikemaskError, match="`targets`"):
-        glm.fit(np.zeros((3, 7, 4)), np.ones((3, 7, 3)))
-    with pytest.raises(SpikemaskError, match="`allowed`"):
-        MaskedPoissonGLM(np.ones((4, 2)))
+# ---------------------------------------------------------------- the recipe
 
 
-# ---------------------------------------------------------------- forward prediction
+def _counts(seed: int = 0, num_units: int = 24, num_bins: int = 12) -> np.ndarray:
+    """(60, T, N) counts of units driven by a shared two-dimensional latent."""
+    rng = np.random.default_rng(seed)
+    latent = rng.normal(size=(60, num_bins, 2)).cumsum(axis=1) * 0.3
+    loading = rng.normal(scale=0.6, size=(2, num_units))
+    return rng.poisson(np.exp(latent @ loading - 0.7)).astype(np.uint16)
 
 
-def _latent_trials(rng: np.random.Generator, num_trials: int) -> np.ndarray:
-    """(K, 21, 9) counts whose rates depend on a per-trial latent, constant in time."""
-    latent = rng.normal(size=(num_trials, 1, 1))
-    gain = np.linspace(-0.8, 0.8, 9)
-    return rng.poisson(np.exp(np.log(0.4) + gain * latent), size=(num_trials, 21, 9)).astype(float)
+def _session(counts: np.ndarray) -> Session:
+    """36 / 10 / 14 train / val / test trials; three regions of 8 units."""
+    num_units = counts.shape[2]
+    regions = tuple(["CA1"] * 8 + ["VISp"] * 8 + ["MOs"] * (num_units - 16))
+    rows = {"train": np.arange(36), "val": np.arange(36, 46), "test": np.arange(46, 60)}
+    return Session(
+        session_id="toy",
+        bin_size_s=0.02,
+        window_start_s=0.0,
+        align_event="stimOn_times",
+        unit_ids=tuple(f"u{i}" for i in range(num_units)),
+        unit_regions=regions,
+        splits={k: TrialSet(spikes=counts[r], trial_index=r) for k, r in rows.items()},
+    )
 
 
-def test_forward_predictor_beats_the_training_mean() -> None:
-    rng = np.random.default_rng(6)
-    train, test = _latent_trials(rng, 120), _latent_trials(rng, 40)
-    hidden = test[:, -3:]
-    baseline = np.broadcast_to(train[:, -3:].mean(axis=(0, 1)), hidden.shape)
-    baseline_bps = bits_per_spike_pooled(baseline, hidden)
-    for num_components in (None, 3):
-        predictor = fit_forward_predictor(
-            train, num_hidden_bins=3, num_components=num_components, l2=1e-2
-        )
-        rates = predictor.predict_rates(test)
-        assert rates.shape == (40, 3, 9)
-        assert bits_per_spike_pooled(rates, hidden) > baseline_bps + 0.1
+def _changed(counts: np.ndarray, split_rows: slice, *index: object, add: int) -> Session:
+    """The session of ``counts`` with ``add`` spikes added at ``[split_rows, *index]``."""
+    changed = counts.copy()
+    changed[(split_rows, *index)] += add
+    return _session(changed)
 
 
-def test_forward_predictor_never_reads_hidden_bins() -> None:
-    rng = np.random.default_rng(7)
-    train, test = _latent_trials(rng, 30), _latent_trials(rng, 5)
-    predictor = fit_forward_predictor(train, num_hidden_bins=4, num_recent_bins=3)
-    blanked = test.copy()
-    blanked[:, -4:] = 0.0
-    np.testing.assert_array_equal(predictor.predict_rates(test), predictor.predict_rates(blanked))
-    with pytest.raises(SpikemaskError, match="21 time bins"):
-        predictor.predict_rates(test[:, :20])
+TEST_ROWS, VAL_ROWS = slice(46, 60), slice(36, 46)
+
+
+@pytest.mark.parametrize("task", ["co-smoothing", "inter-region", "intra-region"])
+def test_baseline_never_reads_what_its_task_hides(task: str) -> None:
+    counts = _counts()
+    session = _session(counts)
+    plan = plan_task(session, task)
+    rates = LinearBaseline().activity_rates(session, plan, "test")
+    scored = plan.scored_units
+    assert np.isfinite(rates[:, :, scored]).all() and np.isnan(rates[:, :, ~scored]).all()
+    # change one target's test counts: its prediction (and that of every unit whose
+    # task hides it) must not move
+    target = 3
+    changed = _changed(counts, TEST_ROWS, slice(None), target, add=5)
+    moved = LinearBaseline().activity_rates(changed, plan, "test")
+    allowed = plan.allowed_inputs()[target]  # units that may see the target as input
+    hidden_from = scored & ~allowed
+    np.testing.assert_allclose(moved[:, :, hidden_from], rates[:, :, hidden_from])
+    assert hidden_from[target]
+
+
+def test_baseline_forward_prediction_never_reads_hidden_bins_and_beats_the_training_mean() -> None:
+    counts = _counts(num_bins=20)
+    session = _session(counts)
+    plan = plan_task(session, "forward-prediction")
+    baseline = LinearBaseline()
+    rates = baseline.activity_rates(session, plan, "test")
+    hidden = plan.hidden_bins
+    assert np.isfinite(rates[:, hidden]).all() and np.isnan(rates[:, ~hidden]).all()
+    changed = _changed(counts, TEST_ROWS, hidden, add=3)
+    np.testing.assert_allclose(baseline.activity_rates(changed, plan, "test"), rates)
+    test = session.split("test").spikes.astype(float)
+    train_mean = session.split("train").spikes[:, hidden].mean(axis=(0, 1))
+    nll = lambda r: (r - test[:, hidden] * np.log(r)).sum()  # noqa: E731
+    assert nll(rates[:, hidden]) < nll(np.broadcast_to(train_mean, rates[:, hidden].shape))
+
+
+def test_baseline_chooses_a_penalty_per_group_and_scores_above_zero() -> None:
+    session = _session(_counts())
+    baseline = LinearBaseline(LinearBaselineConfig(alphas=(10.0, 0.01)))
+    plan = plan_task(session, "co-smoothing")
+    result = score_task(
+        plan,
+        baseline.activity_rates(session, plan, "test"),
+        session.split("test").spikes,
+        unit_regions=session.unit_regions,
+    )
+    assert len(baseline.chosen_alphas) == 5  # one per fold
+    assert set(baseline.chosen_alphas) <= {10.0, 0.01}
+    assert result.bps > 0.02 and result.bps_pooled > 0.02  # a shared latent is predictable
+
+
+def test_baseline_on_the_val_split_chooses_on_training_trials() -> None:
+    counts = _counts()
+    session = _session(counts)
+    plan = plan_task(session, "co-smoothing")
+    rates = LinearBaseline().activity_rates(session, plan, "val")
+    assert rates.shape == session.split("val").spikes.shape and np.isfinite(rates).all()
+    changed = _changed(counts, VAL_ROWS, slice(None), 0, add=4)  # hidden from its own fold
+    moved = LinearBaseline().activity_rates(changed, plan, "val")
+    np.testing.assert_allclose(moved[:, :, 0], rates[:, :, 0])
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"num_hidden_bins": 21}, "`num_hidden_bins`"),
-        ({"num_hidden_bins": 3, "num_recent_bins": 19}, "`num_recent_bins`"),
-        ({"num_hidden_bins": 3, "num_components": 50}, "`num_components`"),
+        ({"alphas": ()}, "alphas must be positive"),
+        ({"alphas": (0.1, -1.0)}, "alphas must be positive"),
+        ({"num_folds": 1}, "num_folds >= 2"),
+        ({"smoothing_bins": -1.0}, "smoothing_bins must be >= 0"),
     ],
 )
-def test_forward_predictor_rejects_bad_settings(kwargs, match) -> None:
-    train = _latent_trials(np.random.default_rng(8), 12)
+def test_baseline_config_rejects_bad_settings(kwargs, match) -> None:
     with pytest.raises(SpikemaskError, match=match):
-        fit_forward_predictor(train, **kwargs)
+        LinearBaselineConfig(**kwargs)

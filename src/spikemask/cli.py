@@ -105,10 +105,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train, evaluate and report on the shipped real session")
     p.add_argument("--out", type=Path, default=Path("spikemask-demo"), help="output folder")
     p.add_argument(
+        "--steps",
+        type=int,
+        default=1500,
+        help="optimiser steps of each of the two models (default 1500)",
+    )
+    p.add_argument(
         "--minutes",
         type=float,
-        default=6.0,
-        help="total training time of the two models (default 6)",
+        default=None,
+        help="optional cap on the total training time of the two models",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace an earlier demo's results")
@@ -123,9 +129,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_later_commands(sub: argparse._SubParsersAction) -> None:
     """Commands whose modules are imported only when used."""
-    from spikemask import cli_more
+    from spikemask import cli_bench, cli_more
 
     cli_more.add_commands(sub)
+    cli_bench.add_commands(sub)
 
 
 def _budget_sets(args: argparse.Namespace) -> list[str]:
@@ -255,7 +262,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from spikemask.demo import run_demo
 
     run_demo(
-        args.out, minutes=args.minutes, seed=args.seed, force=args.force, progress=not args.quiet
+        args.out,
+        steps=args.steps,
+        minutes=args.minutes,
+        seed=args.seed,
+        force=args.force,
+        progress=not args.quiet,
     )
     return 0
 

@@ -45,7 +45,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         action="append",
         choices=("linear",),
         default=[],
-        help="also evaluate a baseline (linear: masked Poisson GLMs + raw decoders)",
+        help="also evaluate a baseline (linear: PCA + ridge Poisson GLMs, raw-count decoders)",
     )
     p.add_argument(
         "--split",

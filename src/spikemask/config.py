@@ -79,6 +79,14 @@ class TrainConfig:
             (``None`` = no limit from that budget; at least one must be set).
         lr: Peak learning rate of the one-cycle schedule (AdamW).
         weight_decay: AdamW weight decay.
+        readout_l2: Ridge penalty on each unit's read-out weights (NDT1), on the scale of a
+            per-unit Poisson GLM: ``readout_l2 / 2 * |w_n|^2`` against unit n's mean
+            Poisson NLL per scored entry. It shrinks units with few spikes towards their
+            mean rate (the read-out bias is not penalised). 0 turns it off.
+        ema_decay: Decay of an exponential moving average of the weights (0 = off). When
+            on, validation, model selection and the saved checkpoints use the averaged
+            weights; the average starts as the plain weights (decay warms up as
+            ``min(ema_decay, (1 + step) / (10 + step))``).
         warmup_fraction: Fraction of the schedule spent warming up.
         gradient_clip: Gradient-norm clip (0 = off).
         seed: Seed of every random choice (sampling, masks, dropout, initialisation).
@@ -94,6 +102,8 @@ class TrainConfig:
     max_minutes: float | None = None
     lr: float = 1e-3
     weight_decay: float = 0.01
+    readout_l2: float = 0.1
+    ema_decay: float = 0.0
     warmup_fraction: float = 0.15
     gradient_clip: float = 1.0
     seed: int = 0
@@ -120,8 +130,12 @@ class TrainConfig:
             raise SpikemaskError(
                 f"train.warmup_fraction={self.warmup_fraction}; expected a value in [0, 1)"
             )
-        if self.weight_decay < 0 or self.gradient_clip < 0:
-            raise SpikemaskError("train.weight_decay and train.gradient_clip must be >= 0")
+        if self.weight_decay < 0 or self.gradient_clip < 0 or self.readout_l2 < 0:
+            raise SpikemaskError(
+                "train.weight_decay, train.readout_l2 and train.gradient_clip must be >= 0"
+            )
+        if not 0 <= self.ema_decay < 1:
+            raise SpikemaskError(f"train.ema_decay={self.ema_decay}; expected a value in [0, 1)")
         _check_choice("train.precision", str(self.precision), PRECISIONS)
         _check_positive("train.num_nodes", self.num_nodes)
         _check_positive("train.log_every_n_steps", self.log_every_n_steps)

@@ -17,6 +17,8 @@ from spikemask.errors import SpikemaskError
 __all__ = ["run_demo"]
 
 MODELS = (("NDT1 temporal", "temporal", "temporal"), ("NDT1 MtM", "mtm", "mtm"))
+DEFAULT_STEPS = 1500
+"""Optimiser steps of each demo model (about 4-6 minutes each on 2 CPU cores)."""
 
 
 def _say(message: str) -> None:
@@ -26,7 +28,8 @@ def _say(message: str) -> None:
 def run_demo(
     out: str | Path = "spikemask-demo",
     *,
-    minutes: float = 6.0,
+    steps: int = DEFAULT_STEPS,
+    minutes: float | None = None,
     seed: int = 0,
     force: bool = False,
     progress: bool = True,
@@ -35,7 +38,9 @@ def run_demo(
 
     Args:
         out: Output folder (runs, ``results.json``, ``report.md``, ``figures/``).
-        minutes: Total training time, shared equally by the two models.
+        steps: Optimiser steps of each model (a step budget gives the same table on
+            every machine; MtM and temporal masking get equally many steps).
+        minutes: Optional cap on the total training time, shared equally by the models.
         seed: Seed of both runs.
         force: Replace the results of an earlier demo in ``out``.
         progress: Progress bars.
@@ -47,8 +52,11 @@ def run_demo(
     from spikemask.masking import MaskingConfig
     from spikemask.training.run import train
 
-    if not minutes > 0:
+    if minutes is not None and not minutes > 0:
         raise SpikemaskError(f"--minutes {minutes}: expected a positive number of minutes")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise SpikemaskError(f"--steps {steps}: expected a positive number of steps")
+    cap = "null" if minutes is None else minutes / len(MODELS)
     out = Path(out).expanduser()
     _prepare(out, force)
     session = bundled_session()
@@ -64,14 +72,16 @@ def run_demo(
         config = load_config(
             preset="small",
             sets=[
-                f"train.max_minutes={minutes / len(MODELS)}",
-                "train.max_epochs=1000",
+                f"train.max_steps={steps}",
+                f"train.max_minutes={cap}",
+                "train.max_epochs=null",
                 f"train.seed={seed}",
                 f"train.progress_bar={str(progress).lower()}",
                 f"masking.schemes={json.dumps(list(preset.schemes))}",
             ],
         )
-        _say(f"\nTraining {name} for {minutes / len(MODELS):.1f} min ...")
+        limit = "" if minutes is None else f" (at most {minutes / len(MODELS):.1f} min)"
+        _say(f"\nTraining {name} for {steps} steps{limit} ...")
         result = train([session], out / "runs" / folder, config=config)
         _say(
             f"  {result.steps} steps; validation loss {result.best_val_loss:.5f} vs "

@@ -37,6 +37,7 @@ __all__ = [
     "FORWARD_FRACTION",
     "TaskPlan",
     "TaskResult",
+    "labelled_regions",
     "plan_task",
     "score_task",
     "to_jsonable",
@@ -122,7 +123,7 @@ def _skipped(task: str, session: Session, reason: str) -> TaskPlan:
     return _plan(task, session, np.zeros((0, session.num_units), dtype=bool), [], skipped=reason)
 
 
-def _labelled_regions(session: Session) -> dict[str, np.ndarray]:
+def labelled_regions(session: Session) -> dict[str, np.ndarray]:
     """Labelled region -> (n_r,) indices of its units, regions sorted by name."""
     labelled = session.labelled_units
     regions = np.asarray(session.unit_regions)
@@ -201,7 +202,7 @@ def plan_task(session: Session, task: str) -> TaskPlan:
         return _plan_co_smoothing(session)
     if task == "forward-prediction":
         return _plan_forward(session)
-    regions = _labelled_regions(session)
+    regions = labelled_regions(session)
     if len(regions) < 2:
         return _skipped(
             task,

@@ -179,7 +179,14 @@ class SessionTrialsDataset(Dataset):
         }
 
 
+PSEUDO_COUNT = 0.5
+"""Spikes added to every unit's training count before taking its mean rate: a unit with
+no training spike starts at half a spike per training set instead of a near-zero rate
+(one test spike at rate 1e-6 per bin would cost ~20 bits)."""
+
+
 def mean_log_rate(spikes: np.ndarray) -> np.ndarray:
-    """(N,) log mean count per bin of every unit (floored so silent units stay finite)."""
-    mean = spikes.reshape(-1, spikes.shape[-1]).mean(axis=0, dtype=np.float64)
-    return np.log(np.maximum(mean, 1e-6)).astype(np.float32)
+    """(N,) log of every unit's mean count per bin, with :data:`PSEUDO_COUNT` spikes added."""
+    rows = spikes.reshape(-1, spikes.shape[-1])
+    total = rows.sum(axis=0, dtype=np.float64) + PSEUDO_COUNT
+    return np.log(total / max(rows.shape[0], 1)).astype(np.float32)

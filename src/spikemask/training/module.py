@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import lightning as L
 import torch
@@ -13,6 +14,7 @@ from torch import nn
 
 from spikemask.config import TrainConfig
 from spikemask.masking import MaskingConfig, MaskingMixture, MaskSpec, apply_mask
+from spikemask.models.layers import INITIAL_RATE
 
 __all__ = [
     "MtMModule",
@@ -76,6 +78,53 @@ class MtMModule(L.LightningModule):
         self.train_config = train
         self._trainable = list(trainable) if trainable is not None else None
         self._val_sums: dict[str, list[torch.Tensor]] = {}
+        self._ema: dict[str, torch.Tensor] | None = None
+        self._swapped: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ weight average
+    def on_fit_start(self) -> None:
+        if self.train_config.ema_decay > 0 and self._ema is None:
+            self._ema = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        if self._ema is None:
+            return
+        step = self.global_step
+        decay = min(self.train_config.ema_decay, (1 + step) / (10 + step))
+        for name, param in self.model.named_parameters():
+            self._ema[name].lerp_(param.detach(), 1.0 - decay)
+
+    @torch.no_grad()
+    def _swap_weights(self) -> None:
+        """Exchange the live weights with the averaged ones (a no-op without EMA)."""
+        if self._ema is None:
+            return
+        for name, param in self.model.named_parameters():
+            live = param.detach().clone()
+            param.copy_(self._ema[name])
+            self._ema[name] = live
+
+    @contextlib.contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """Inside, the model holds its averaged weights (when EMA is on)."""
+        self._swap_weights()
+        try:
+            yield
+        finally:
+            self._swap_weights()
+
+    def on_validation_epoch_start(self) -> None:
+        self._swap_weights()  # validate (and select models by) the averaged weights
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._ema is not None:
+            checkpoint["spikemask_ema"] = {n: t.cpu() for n, t in self._ema.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("spikemask_ema")
+        if saved is not None:
+            self._ema = {n: t.to(self.device) for n, t in saved.items()}
 
     # ------------------------------------------------------------------ steps
     def _global_mask(
@@ -129,6 +178,9 @@ class MtMModule(L.LightningModule):
         # global mask) so DDP's gradient average equals the single-process gradient.
         world = self.trainer.world_size if self._trainer is not None else 1
         loss = total * world / global_scored.clamp_min(1)
+        if self.train_config.readout_l2 > 0:
+            # identical on every rank, so DDP's average keeps it as it is
+            loss = loss + self.readout_penalty(batch["session_id"], batch["null_log_rates"])
         self.log(
             "train_loss",
             total.detach() / global_scored.clamp_min(1),
@@ -145,6 +197,31 @@ class MtMModule(L.LightningModule):
             batch_size=int(batch["global_size"]),
         )
         return loss
+
+    def readout_penalty(self, session_id: str, mean_log_rates: torch.Tensor) -> torch.Tensor:
+        """``readout_l2 / 2 * mean_n (|w_n|^2 + (b_n - m_n)^2)`` over the session's units.
+
+        ``w_n`` / ``b_n`` are unit n's read-out weights and bias and ``m_n`` its log mean
+        training rate: the penalty shrinks every unit towards its mean-rate model, which
+        decides units with few spikes (Adam's normalised steps move their weights as fast
+        as those of busy units, so without it they fit noise). The loss is a mean over
+        scored entries, where unit n's data term weighs about 1 / N; dividing the summed
+        squares by N puts ``readout_l2`` on the scale of one GLM per unit (the penalty of
+        scikit-learn's ``PoissonRegressor``).
+
+        Args:
+            session_id: The batch's session.
+            mean_log_rates: (N,) log mean training count per bin of its units.
+        """
+        adapter = self.model.adapter(session_id)
+        if adapter.read_out is None:  # NDT2: a shared read-out and per-unit offsets
+            start = mean_log_rates.to(adapter.unit_bias.device) - math.log(INITIAL_RATE)
+            drift = adapter.unit_bias.float() - start
+            return 0.5 * self.train_config.readout_l2 * drift.square().mean()
+        weight = adapter.read_out.weight.float()  # (N, D)
+        drift = adapter.read_out.bias.float() - mean_log_rates.to(weight.device)  # (N,)
+        squares = weight.square().sum(1) + drift.square()
+        return 0.5 * self.train_config.readout_l2 * squares.mean()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         for index, scheme in enumerate(self.masking_config.schemes):
@@ -174,6 +251,7 @@ class MtMModule(L.LightningModule):
             # the per-unit mean-rate model on the same scored entries: val_loss must beat it
             self.log("val_null_loss", torch.stack(nulls).mean(), sync_dist=True)
         self._val_sums = {}
+        self._swap_weights()  # back to the live weights
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self):

@@ -100,7 +100,8 @@ class ModelFolderCheckpoint(Callback):
             "val_null_loss": self.null,
         }
         checkpoint = Checkpoint(module.model, self.config, self.sessions, self.regions, state)
-        save_checkpoint(self.run_dir / "checkpoints" / name, checkpoint)
+        with module.averaged_weights():  # the weights that were validated
+            save_checkpoint(self.run_dir / "checkpoints" / name, checkpoint)
 
     def on_validation_end(self, trainer: L.Trainer, module: MtMModule) -> None:
         if trainer.sanity_checking:

@@ -1,0 +1,291 @@
+"""The quality benchmark: leave one animal out, against the linear baseline.
+
+For every group of sessions (by default an animal, the ``subject`` of each session) held
+out in turn, it trains and evaluates on each held-out session:
+
+(a) ``MtM scratch``: the default recipe with MtM masking, from scratch on that session;
+(b) ``temporal scratch``: the same with temporal masking;
+(c) ``MtM pre-trained``: MtM pre-trained on every session of the *other* groups
+    (session-balanced batches), then fine-tuned on the held-out session with the same
+    step budget as (a);
+(d) ``linear``: the reference linear baseline.
+
+Every model is evaluated on the held-out sessions' test splits (all activity tasks, per
+unit and pooled, and trial choice). Settings come from the recipe's defaults and the
+validation split only: nothing here looks at a test score before reporting it.
+
+Writes into ``out``: ``results.json`` (every evaluation), ``table.md`` (per group and
+overall, with win counts) and ``quality.png``. Resumable: finished runs and evaluations
+(``evaluation.json`` in each run folder) are reused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spikemask.config import RunConfig, load_config
+from spikemask.data.session import Session
+from spikemask.errors import SpikemaskError
+from spikemask.evaluation.engine import mean_over_sessions
+
+__all__ = ["MODELS", "QualityConfig", "group_sessions", "run_quality_benchmark"]
+
+MODELS = ("MtM scratch", "temporal scratch", "MtM pre-trained", "linear")
+ACTIVITY = ("co_smoothing", "forward_prediction", "inter_region", "intra_region")
+DEFAULT_TASKS = ("co-smoothing", "forward-prediction", "inter-region", "intra-region", "choice")
+
+
+@dataclass
+class QualityConfig:
+    """Budgets and settings of the quality benchmark.
+
+    Attributes:
+        steps: Optimiser steps of each from-scratch model and of each fine-tuning.
+        pretrain_steps: Optimiser steps of each pre-training (on the other groups).
+        held_out_by: Session metadata key that groups sessions (``subject`` = animal).
+        held_out: Groups to hold out (default: every group, in turn).
+        preset: Model / optimisation preset of every trained model.
+        sets: ``section.key=value`` overrides applied to every trained model.
+        finetune_mode: ``full`` or ``session`` (see :func:`spikemask.finetune`).
+        tasks: Evaluation tasks.
+        seed: Seed of every run.
+    """
+
+    steps: int = 3000
+    pretrain_steps: int = 6000
+    held_out_by: str = "subject"
+    held_out: tuple[str, ...] | None = None
+    preset: str = "small"
+    sets: tuple[str, ...] = ()
+    finetune_mode: str = "full"
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def run_config(self, masking: str, steps: int, sampling: str = "proportional") -> RunConfig:
+        """The configuration of one trained model."""
+        from spikemask.masking import MaskingConfig
+
+        schemes = json.dumps(list(MaskingConfig.preset(masking).schemes))
+        return load_config(
+            preset=self.preset,
+            sets=[
+                *self.sets,
+                f"train.max_steps={steps}",
+                "train.max_epochs=null",
+                "train.max_minutes=null",
+                f"train.seed={self.seed}",
+                "train.progress_bar=false",
+                f"masking.schemes={schemes}",
+                f"data.session_sampling={sampling}",
+            ],
+        )
+
+
+def group_sessions(sessions: Sequence[Session], key: str) -> dict[str, list[Session]]:
+    """Sessions grouped by a metadata key (e.g. ``subject``), groups in first-seen order."""
+    groups: dict[str, list[Session]] = {}
+    for session in sessions:
+        value = session.metadata.get(key)
+        if value in (None, ""):
+            raise SpikemaskError(
+                f"session {session.session_id!r} has no {key!r} in its metadata; the quality "
+                f"benchmark holds out by {key!r} (set --held-out-by to another key)"
+            )
+        groups.setdefault(str(value), []).append(session)
+    return groups
+
+
+def _done(run: Path) -> bool:
+    return (run / "checkpoints" / "best" / "model.safetensors").is_file()
+
+
+class _Bench:
+    """State of one benchmark run: output folder, config, logger and results."""
+
+    def __init__(self, out: Path, config: QualityConfig, log: Callable[[str], None]) -> None:
+        self.out, self.config, self.log = out, config, log
+        self.results: dict[str, dict[str, Any]] = {}
+        self.groups_of: dict[str, str] = {}
+        self.timings: dict[str, float] = {}
+
+    def timed(self, label: str, work: Callable[[], object]) -> None:
+        started = time.perf_counter()
+        self.log(f"{label} ...")
+        work()
+        self.timings[label] = round(time.perf_counter() - started, 1)
+        self.log(f"{label}: {self.timings[label]:.0f} s")
+
+    def evaluate(self, run: Path, session: Session) -> dict[str, Any]:
+        from spikemask.evaluation.evaluate import evaluate
+
+        path = run / "evaluation.json"
+        if not path.is_file():
+            result = evaluate(run, [session], tasks=self.config.tasks, progress=False)
+            path.write_text(json.dumps(result, indent=1))
+        return json.loads(path.read_text())
+
+    def linear(self, session: Session) -> dict[str, Any]:
+        from spikemask.evaluation.evaluate import evaluate_linear_baseline
+
+        path = self.out / "linear" / f"{session.session_id}.json"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.timed(
+                f"linear baseline on {session.session_id}",
+                lambda: path.write_text(
+                    json.dumps(
+                        evaluate_linear_baseline(
+                            [session], tasks=self.config.tasks, progress=False
+                        ),
+                        indent=1,
+                    )
+                ),
+            )
+        return json.loads(path.read_text())
+
+    def add(self, name: str, group: str, result: dict[str, Any]) -> None:
+        entry = self.results.setdefault(
+            name, {"sessions": {}, "split": result.get("split"), "model": result.get("model")}
+        )
+        entry["sessions"].update(result["sessions"])
+        for session_id in result["sessions"]:
+            self.groups_of[session_id] = group
+
+
+def _train_scratch(bench: _Bench, session: Session, group: str, masking: str) -> Path:
+    from spikemask.training.run import train
+
+    run = bench.out / "runs" / group / session.session_id / f"{masking}-scratch"
+    if not _done(run):
+        config = bench.config.run_config(masking, bench.config.steps)
+        bench.timed(
+            f"{masking} from scratch on {session.session_id}",
+            lambda: train([session], run, config=config),
+        )
+    return run
+
+
+def _pretrain(bench: _Bench, group: str, others: list[Session]) -> Path:
+    from spikemask.training.run import train
+
+    run = bench.out / "runs" / group / "pretrain-mtm"
+    if not _done(run):
+        config = bench.config.run_config("mtm", bench.config.pretrain_steps, "balanced")
+        bench.timed(
+            f"MtM pre-training without {group} ({len(others)} sessions)",
+            lambda: train(others, run, config=config),
+        )
+    return run
+
+
+def _finetune(bench: _Bench, pretrained: Path, session: Session, group: str) -> Path:
+    from spikemask.training.finetune import finetune
+
+    run = bench.out / "runs" / group / session.session_id / "mtm-finetuned"
+    if not _done(run):
+        config = bench.config.run_config("mtm", bench.config.steps)
+        bench.timed(
+            f"MtM fine-tuning on {session.session_id}",
+            lambda: finetune(
+                pretrained, [session], run, mode=bench.config.finetune_mode, config=config
+            ),
+        )
+    return run
+
+
+def run_quality_benchmark(
+    sessions: Sequence[Session],
+    out: str | Path,
+    config: QualityConfig | None = None,
+    *,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the leave-one-group-out benchmark (see the module docstring).
+
+    Args:
+        sessions: Every session; at least two groups.
+        out: Output folder (created; reused to resume).
+        config: Budgets and settings.
+        log: Where progress lines go.
+
+    Returns:
+        ``{"models": {name: evaluation results}, "groups": {session id: group},
+        "config": {...}}`` (also written to ``out/results.json``).
+    """
+    config = config or QualityConfig()
+    groups = group_sessions(sessions, config.held_out_by)
+    held = list(config.held_out) if config.held_out else list(groups)
+    unknown = [g for g in held if g not in groups]
+    if unknown or len(groups) < 2:
+        raise SpikemaskError(
+            f"held-out group(s) {unknown or held} among {sorted(groups)} by "
+            f"{config.held_out_by!r}; expected known groups and at least two groups"
+        )
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    bench = _Bench(out, config, log)
+    for group in held:
+        others = [s for g, members in groups.items() if g != group for s in members]
+        pretrained = _pretrain(bench, group, others)
+        for session in groups[group]:
+            for masking, name in (("mtm", "MtM scratch"), ("temporal", "temporal scratch")):
+                bench.add(
+                    name,
+                    group,
+                    bench.evaluate(_train_scratch(bench, session, group, masking), session),
+                )
+            tuned = _finetune(bench, pretrained, session, group)
+            bench.add("MtM pre-trained", group, bench.evaluate(tuned, session))
+            bench.add("linear", group, bench.linear(session))
+            write_outputs(bench.results, bench.groups_of, out, config, bench.timings)
+    return write_outputs(bench.results, bench.groups_of, out, config, bench.timings)
+
+
+def write_outputs(
+    results: dict[str, dict[str, Any]],
+    groups_of: dict[str, str],
+    out: Path,
+    config: QualityConfig,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """Write ``results.json``, ``table.md`` and ``quality.png``; return the summary."""
+    from spikemask.bench.quality_report import plot_quality, quality_table
+
+    for result in results.values():
+        result["mean"] = mean_over_sessions(result["sessions"])
+    summary = {
+        "models": results,
+        "groups": groups_of,
+        "config": {k: v for k, v in vars(config).items() if k != "extra"},
+        "timings_s": timings,
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=1, default=list))
+    (out / "table.md").write_text(quality_table(results, groups_of) + "\n")
+    if results:
+        plot_quality(results, groups_of, out / "quality.png")
+    return summary
+
+
+def group_means(
+    results: dict[str, dict[str, Any]], groups_of: dict[str, str], task: str, metric: str
+) -> dict[str, dict[str, float]]:
+    """Group -> model -> mean of ``metric`` of ``task`` over the group's sessions."""
+    table: dict[str, dict[str, float]] = {}
+    for name, result in results.items():
+        for session_id, entry in result["sessions"].items():
+            value = entry.get(task, {}).get(metric)
+            if value is not None:
+                group = groups_of[session_id]
+                table.setdefault(group, {}).setdefault(name, []).append(value)  # type: ignore[arg-type]
+    return {
+        g: {name: float(np.mean(values)) for name, values in models.items()}  # type: ignore[arg-type]
+        for g, models in table.items()
+    }

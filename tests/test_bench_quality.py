@@ -1,0 +1,80 @@
+"""Tests of the leave-one-animal-out quality benchmark (spikemask.bench)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from spikemask.bench import QualityConfig, group_sessions, run_quality_benchmark
+from spikemask.bench.quality_report import win_counts
+from spikemask.cli import main
+from spikemask.errors import SpikemaskError
+
+from conftest import TINY_MODEL, make_session
+
+TASKS = ("co-smoothing", "forward-prediction", "inter-region", "intra-region", "choice")
+
+
+def _sessions():
+    sessions = []
+    for index, subject in enumerate(("ann", "ann", "bob")):
+        session = make_session(session_id=f"s{index}", seed=index, num_units=9 + index)
+        sessions.append(replace(session, metadata={"subject": subject}))
+    return sessions
+
+
+def test_quality_benchmark_runs_every_model_on_every_held_out_session(tmp_path) -> None:
+    config = QualityConfig(steps=3, pretrain_steps=4, sets=tuple(TINY_MODEL), tasks=TASKS)
+    lines: list[str] = []
+    summary = run_quality_benchmark(_sessions(), tmp_path, config, log=lines.append)
+    models = summary["models"]
+    assert list(models) == ["MtM scratch", "temporal scratch", "MtM pre-trained", "linear"]
+    for result in models.values():
+        assert sorted(result["sessions"]) == ["s0", "s1", "s2"]
+        for entry in result["sessions"].values():
+            assert {"co_smoothing", "forward_prediction", "inter_region", "intra_region"} <= set(
+                entry
+            )
+            assert entry["co_smoothing"]["bps"] is not None
+    assert summary["groups"] == {"s0": "ann", "s1": "ann", "s2": "bob"}
+    # pre-trained on the other animal only: the model fine-tuned on s2 never saw s2 before
+    record = json.loads((tmp_path / "runs" / "bob" / "pretrain-mtm" / "run.json").read_text())
+    assert record["sessions"] == ["s0", "s1"]
+    tuned = json.loads(
+        (tmp_path / "runs" / "bob" / "s2" / "mtm-finetuned" / "run.json").read_text()
+    )
+    assert tuned["kind"] == "finetune" and tuned["sessions"] == ["s2"]
+    assert (tmp_path / "quality.png").stat().st_size > 10_000
+    table = (tmp_path / "table.md").read_text()
+    assert "| ann | MtM pre-trained |" in table and "MtM pre-trained > MtM scratch" in table
+    counts = win_counts(models, summary["groups"])
+    assert all(total == 2 for *_, total in counts)  # two held-out animals per comparison
+    # resuming reuses every run and evaluation: nothing is trained again
+    again: list[str] = []
+    run_quality_benchmark(_sessions(), tmp_path, config, log=again.append)
+    assert not [line for line in again if line.endswith("...")]
+    assert len([line for line in lines if line.endswith("...")]) == 2 + 3 * 3 + 3
+
+
+def test_quality_benchmark_refuses_bad_groups(tmp_path) -> None:
+    sessions = _sessions()
+    with pytest.raises(SpikemaskError, match="at least two groups"):
+        run_quality_benchmark(sessions[:2], tmp_path, QualityConfig(steps=1))
+    with pytest.raises(SpikemaskError, match="held-out group"):
+        run_quality_benchmark(sessions, tmp_path, QualityConfig(held_out=("carl",)))
+    unnamed = [replace(s, metadata={}) for s in sessions]
+    with pytest.raises(SpikemaskError, match="no 'subject' in its metadata"):
+        group_sessions(unnamed, "subject")
+
+
+def test_bench_quality_cli_checks_its_flags(tmp_path, capsys) -> None:
+    assert (
+        main(["bench", "quality", str(tmp_path), "--out", str(tmp_path / "o"), "--steps", "0"]) == 2
+    )
+    assert "--steps 0; expected a positive number" in capsys.readouterr().err
+    code = main(
+        ["bench", "quality", str(tmp_path), "--out", str(tmp_path / "o"), "--set", "model.nope=1"]
+    )
+    assert code == 2 and "unknown key 'nope'" in capsys.readouterr().err

@@ -56,6 +56,13 @@ def test_quality_benchmark_runs_every_model_on_every_held_out_session(tmp_path) 
     run_quality_benchmark(_sessions(), tmp_path, config, log=again.append)
     assert not [line for line in again if line.endswith("...")]
     assert len([line for line in lines if line.endswith("...")]) == 2 + 3 * 3 + 3
+    # --table-only collects what finished (e.g. one process per held-out animal)
+    (tmp_path / "runs" / "bob" / "s2" / "mtm-finetuned" / "evaluation.json").unlink()
+    notes: list[str] = []
+    table_only = replace(config, table_only=True)
+    merged = run_quality_benchmark(_sessions(), tmp_path, table_only, log=notes.append)
+    assert sorted(merged["models"]["linear"]["sessions"]) == ["s0", "s1"]
+    assert notes == ["s2 (bob): not finished, left out"]
 
 
 def test_quality_benchmark_refuses_bad_groups(tmp_path) -> None:

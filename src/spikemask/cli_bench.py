@@ -42,6 +42,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tasks", nargs="+", metavar="TASK", help="evaluation tasks")
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="train nothing: tabulate what finished in --out (e.g. one process per group)",
+    )
     cli_more.COMMANDS["bench"] = cmd_bench
 
 
@@ -67,6 +72,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         finetune_mode=args.finetune_mode,
         tasks=tuple(tasks),
         seed=args.seed,
+        table_only=args.table_only,
     )
     sessions = load_sessions(args.data)
     run_quality_benchmark(sessions, args.out, config, log=lambda line: print(line, flush=True))

@@ -102,7 +102,7 @@ class TrainConfig:
     max_minutes: float | None = None
     lr: float = 1e-3
     weight_decay: float = 0.01
-    readout_l2: float = 0.1
+    readout_l2: float = 0.01
     ema_decay: float = 0.0
     warmup_fraction: float = 0.15
     gradient_clip: float = 1.0

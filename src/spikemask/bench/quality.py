@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ class QualityConfig:
         finetune_mode: ``full`` or ``session`` (see :func:`spikemask.finetune`).
         tasks: Evaluation tasks.
         seed: Seed of every run.
+        table_only: Train and evaluate nothing: collect what earlier runs into the same
+            folder finished (e.g. one process per held-out group) and write the outputs.
     """
 
     steps: int = 3000
@@ -67,7 +69,7 @@ class QualityConfig:
     finetune_mode: str = "full"
     tasks: tuple[str, ...] = DEFAULT_TASKS
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    table_only: bool = False
 
     def run_config(self, masking: str, steps: int, sampling: str = "proportional") -> RunConfig:
         """The configuration of one trained model."""
@@ -232,6 +234,10 @@ def run_quality_benchmark(
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     bench = _Bench(out, config, log)
+    if config.table_only:
+        for group in held:
+            _collect(bench, group, groups[group])
+        return write_outputs(bench.results, bench.groups_of, out, config, bench.timings)
     for group in held:
         others = [s for g, members in groups.items() if g != group for s in members]
         pretrained = _pretrain(bench, group, others)
@@ -249,6 +255,23 @@ def run_quality_benchmark(
     return write_outputs(bench.results, bench.groups_of, out, config, bench.timings)
 
 
+def _collect(bench: _Bench, group: str, sessions: list[Session]) -> None:
+    """Add the finished evaluations of one group's sessions (nothing is trained)."""
+    for session in sessions:
+        folder = bench.out / "runs" / group / session.session_id
+        paths = {
+            "MtM scratch": folder / "mtm-scratch" / "evaluation.json",
+            "temporal scratch": folder / "temporal-scratch" / "evaluation.json",
+            "MtM pre-trained": folder / "mtm-finetuned" / "evaluation.json",
+            "linear": bench.out / "linear" / f"{session.session_id}.json",
+        }
+        if not all(path.is_file() for path in paths.values()):
+            bench.log(f"{session.session_id} ({group}): not finished, left out")
+            continue
+        for name, path in paths.items():
+            bench.add(name, group, json.loads(path.read_text()))
+
+
 def write_outputs(
     results: dict[str, dict[str, Any]],
     groups_of: dict[str, str],
@@ -264,7 +287,7 @@ def write_outputs(
     summary = {
         "models": results,
         "groups": groups_of,
-        "config": {k: v for k, v in vars(config).items() if k != "extra"},
+        "config": {k: v for k, v in vars(config).items() if k != "table_only"},
         "timings_s": timings,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1, default=list))

@@ -123,9 +123,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_later_commands(sub: argparse._SubParsersAction) -> None:
     """Commands whose modules are imported only when used."""
-    from spikemask import cli_more
+    from spikemask import cli_more, cli_share
 
     cli_more.add_commands(sub)
+    cli_share.add_commands(sub)
 
 
 def _budget_sets(args: argparse.Namespace) -> list[str]:
@@ -295,9 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from spikemask import cli_more
+    from spikemask import cli_more, cli_share
 
-    handler = COMMANDS.get(args.command) or cli_more.COMMANDS[args.command]
+    handler = {**COMMANDS, **cli_more.COMMANDS, **cli_share.COMMANDS}[args.command]
     try:
         return handler(args)
     except SpikemaskError as err:

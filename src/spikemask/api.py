@@ -28,7 +28,12 @@ __all__ = ["TrainedModel", "load_run"]
 
 
 def load_run(run: str | Path, *, which: str = "best", device: str = "cpu") -> TrainedModel:
-    """Load the ``best`` (default) or ``last`` checkpoint of a run folder."""
+    """Load the ``best`` (default) or ``last`` checkpoint of a run folder.
+
+    ``run`` may also be ``hf://ORG/NAME[@revision]``: the checkpoint pushed to the Hugging
+    Face Hub with ``spikemask push`` (downloaded or taken from the cache; needs the ``hub``
+    extra), verified like a local one.
+    """
     return TrainedModel(load_run_checkpoint(run, which), device=device)
 
 

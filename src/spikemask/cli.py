@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_budget_flags(p)
 
     p = sub.add_parser("finetune", help="adapt a trained model to new sessions")
-    p.add_argument("run", type=Path, help="run folder of the pre-trained model")
+    p.add_argument("run", help="run folder (or hf://ORG/NAME[@REV]) of the pre-trained model")
     p.add_argument("data", nargs="+", help="dataset folders of the new sessions")
     p.add_argument("--out", type=Path, required=True, help="new run folder")
     p.add_argument(

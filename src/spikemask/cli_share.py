@@ -1,4 +1,4 @@
-"""Sub-commands that hand results to other tools: ``export nlb`` (and ``push``)."""
+"""Sub-commands that hand results to other tools: ``export nlb`` and ``push`` (the Hub)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,49 @@ def cmd_export(args: argparse.Namespace) -> int:
 COMMANDS["export"] = cmd_export
 
 
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "push",
+        help="upload a run's checkpoint with a model card to the Hugging Face Hub",
+        description="Upload the best (or last) checkpoint of RUN to hf://ORG/NAME: the "
+        "safetensors weights, config and vocabularies, a model card and the run record. "
+        "Load it with spikemask.load_run('hf://ORG/NAME[@REV]') or pass it to finetune / "
+        "evaluate. Needs the hub extra and a login (huggingface-cli login or HF_TOKEN).",
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("target", help="hf://ORG/NAME (optionally @REVISION)")
+    p.add_argument("--revision", help="branch to push to (created from main if missing)")
+    p.add_argument("--which", choices=("best", "last"), default="best")
+    p.add_argument("--metrics", type=Path, help="results JSON of spikemask evaluate, for the card")
+    p.add_argument("--license", default="mit", help="licence id of the weights (default mit)")
+    p.add_argument("--private", action="store_true", help="create a private repository")
+    p.add_argument("--message", help="commit message")
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from spikemask.hub import push_run
+
+    metrics = None
+    if args.metrics:
+        try:
+            metrics = json.loads(args.metrics.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise SpikemaskError(
+                f"--metrics {str(args.metrics)!r}: not a results JSON ({err})"
+            ) from None
+    result = push_run(
+        args.run, args.target, revision=args.revision, which=args.which, metrics=metrics,
+        license=args.license, private=args.private, message=args.message,
+    )  # fmt: skip
+    print(f"pushed         hf://{result['repo_id']}@{result['revision']}")
+    print(f"commit         {result['commit'] or '-'}  {result['url']}")
+    return 0
+
+
+COMMANDS["push"] = cmd_push
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``export`` to the ``spikemask`` parser."""
+    """Add ``export`` and ``push`` to the ``spikemask`` parser."""
     _add_export(sub)
+    _add_push(sub)

@@ -22,7 +22,14 @@ FINETUNE_MODES = ("full", "session")
 
 
 def load_run_checkpoint(run: str | Path, which: str = "best") -> Checkpoint:
-    """The ``best`` or ``last`` checkpoint of a run folder (or a checkpoint folder itself)."""
+    """The ``best`` or ``last`` checkpoint of a run folder (or a checkpoint folder itself).
+
+    ``hf://ORG/NAME[@revision]`` loads the checkpoint pushed there (see :mod:`spikemask.hub`).
+    """
+    if isinstance(run, str) and run.startswith("hf://"):
+        from spikemask.hub import download_run
+
+        return load_checkpoint(download_run(run))
     run = Path(run).expanduser()
     if which not in ("best", "last"):
         raise SpikemaskError(f"which={which!r}; expected 'best' or 'last'")
@@ -111,7 +118,7 @@ def finetune(
     record = {
         "kind": "finetune",
         "mode": mode,
-        "parent": str(Path(run).resolve()),
+        "parent": run if str(run).startswith("hf://") else str(Path(run).resolve()),
         "sessions": [s.session_id for s in sessions],
         "sources": [str(s.metadata.get("source", "")) for s in sessions],
     }

@@ -87,7 +87,8 @@ def finetune(
             read-in / read-out layers and session tokens (fast, the shared model frozen).
         which: Start from the run's ``best`` or ``last`` checkpoint.
         config: Replaces the run's masking / data / training settings (model must match).
-        config_path / sets: YAML file and ``key=value`` overrides applied on top.
+        config_path: YAML file of overrides applied on top.
+        sets: ``key=value`` overrides applied after ``config_path``.
         resume: Continue an interrupted fine-tuning run in ``out``.
     """
     if mode not in FINETUNE_MODES:

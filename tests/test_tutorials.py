@@ -42,3 +42,22 @@ def test_pynapple_tutorial_runs(tmp_path, monkeypatch):
     result = scope["results"]["sessions"]["A2929-200711"]["co_smoothing"]
     assert set(result) >= {"bps", "bps_pooled"}
     assert (tmp_path / "runs" / "a2929" / "checkpoints" / "best" / "model.safetensors").is_file()
+
+
+def test_shipped_session_tutorial_runs(tmp_path, monkeypatch):
+    script = python_blocks(DOCS / "shipped-session.md")
+    budget = 'BUDGET = ["train.max_minutes=2"]'
+    assert budget in script
+    tiny = [*TINY_MODEL, "train.max_epochs=null", "train.max_minutes=null", "train.max_steps=2",
+            "train.progress_bar=false", "data.batch_size=16"]  # fmt: skip
+    script = script.replace(budget, f"BUDGET = {tiny!r}")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(script, "shipped-session.md", "exec"), scope)
+    assert scope["seen"].num_units == scope["unseen"].num_units == 100
+    assert (tmp_path / "report" / "report.md").is_file()
+    assert any((tmp_path / "report" / "figures").glob("*.png"))
+    assert "bps" in scope["scores"]["mean"]["co_smoothing"]
+    assert scope["finetuned"].steps == 2

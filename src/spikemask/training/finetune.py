@@ -24,7 +24,8 @@ FINETUNE_MODES = ("full", "session")
 def load_run_checkpoint(run: str | Path, which: str = "best") -> Checkpoint:
     """The ``best`` or ``last`` checkpoint of a run folder (or a checkpoint folder itself).
 
-    ``hf://ORG/NAME[@revision]`` loads the checkpoint pushed there (see :mod:`spikemask.hub`).
+    ``hf://ORG/NAME[@revision]`` loads the checkpoint pushed there (see :mod:`spikemask.hub`);
+    ``which`` does not apply to it (a Hub repository holds the one checkpoint pushed).
     """
     if isinstance(run, str) and run.startswith("hf://"):
         from spikemask.hub import download_run

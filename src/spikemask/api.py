@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,12 @@ __all__ = ["TrainedModel", "load_run"]
 
 
 def load_run(run: str | Path, *, which: str = "best", device: str = "cpu") -> TrainedModel:
-    """Load the ``best`` (default) or ``last`` checkpoint of a run folder."""
+    """Load the ``best`` (default) or ``last`` checkpoint of a run folder.
+
+    ``run`` may also be ``hf://ORG/NAME[@revision]``: the checkpoint pushed to the Hugging
+    Face Hub with ``spikemask push`` (downloaded or taken from the cache; needs the ``hub``
+    extra), verified like a local one.
+    """
     return TrainedModel(load_run_checkpoint(run, which), device=device)
 
 
@@ -124,15 +130,26 @@ class TrainedModel:
         masking: str | MaskSpec | None = None,
         seed: int = 0,
         batch_size: int = 256,
-    ) -> np.ndarray:
+        as_pynapple: bool | str = False,
+    ) -> np.ndarray | Any:
         """Predicted log-rates (K, T, N) for the trials of ``split``.
 
         Args:
             masking: None (nothing hidden; the prompt of the model's first scheme), a scheme
                 name (a mask drawn with ``seed``, the scheme's prompt and attention), or a
                 prepared :class:`MaskSpec` over (K, T, N).
+            as_pynapple: False (a numpy array), True or ``"perievent"`` (a pynapple
+                ``TsdTensor`` (T, K, N), time relative to the trials' alignment event), or
+                ``"absolute"`` (a ``TsdFrame`` (K * T, N) on the recording clock, for
+                sessions built by :func:`~spikemask.data.pynapple_io.session_from_pynapple`).
         """
-        return self._run(session, split, masking, seed, batch_size, "log_rates")
+        log_rates = self._run(session, split, masking, seed, batch_size, "log_rates")
+        if not as_pynapple:
+            return log_rates
+        from spikemask.data.pynapple_io import to_pynapple
+
+        clock = "perievent" if as_pynapple is True else str(as_pynapple)
+        return to_pynapple(log_rates, session, split, clock=clock)
 
     def latents(
         self,

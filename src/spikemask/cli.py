@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_budget_flags(p)
 
     p = sub.add_parser("finetune", help="adapt a trained model to new sessions")
-    p.add_argument("run", type=Path, help="run folder of the pre-trained model")
+    p.add_argument("run", help="run folder (or hf://ORG/NAME[@REV]) of the pre-trained model")
     p.add_argument("data", nargs="+", help="dataset folders of the new sessions")
     p.add_argument("--out", type=Path, required=True, help="new run folder")
     p.add_argument(
@@ -129,9 +129,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_later_commands(sub: argparse._SubParsersAction) -> None:
     """Commands whose modules are imported only when used."""
-    from spikemask import cli_bench, cli_more
+    from spikemask import cli_bench, cli_more, cli_share
 
     cli_more.add_commands(sub)
+    cli_share.add_commands(sub)
     cli_bench.add_commands(sub)
 
 
@@ -307,9 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from spikemask import cli_more
+    from spikemask import cli_more, cli_share
 
-    handler = COMMANDS.get(args.command) or cli_more.COMMANDS[args.command]
+    handler = {**COMMANDS, **cli_more.COMMANDS, **cli_share.COMMANDS}[args.command]
     try:
         return handler(args)
     except SpikemaskError as err:

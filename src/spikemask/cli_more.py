@@ -22,7 +22,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "co-smoothing, forward-prediction, inter-/intra-region and behaviour tasks. "
         "Writes one JSON file and prints a markdown comparison table.",
     )
-    p.add_argument("run", type=Path, help="run folder of the model to evaluate")
+    p.add_argument("run", help="run folder (or hf://ORG/NAME[@REV]) of the model to evaluate")
     p.add_argument("data", nargs="*", help="dataset folders (default: those in RUN_DIR/run.json)")
     p.add_argument(
         "--data",
@@ -35,7 +35,6 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compare",
         nargs="+",
-        type=Path,
         default=[],
         metavar="RUN_DIR",
         help="more runs evaluated the same way (e.g. a temporal-masking baseline)",

@@ -92,6 +92,10 @@ class ModelPredictor:
 
 def run_sources(run: str | Path) -> list[str]:
     """Dataset folders a run was trained (or fine-tuned) on, from its ``run.json``."""
+    if str(run).startswith("hf://"):
+        raise SpikemaskError(
+            f"{run!r} is a Hub model with no local datasets; give the dataset folders"
+        )
     record_path = Path(run).expanduser() / "run.json"
     if not Path(run).expanduser().is_dir():
         raise SpikemaskError(f"run folder {str(run)!r} does not exist")

@@ -22,7 +22,15 @@ FINETUNE_MODES = ("full", "session")
 
 
 def load_run_checkpoint(run: str | Path, which: str = "best") -> Checkpoint:
-    """The ``best`` or ``last`` checkpoint of a run folder (or a checkpoint folder itself)."""
+    """The ``best`` or ``last`` checkpoint of a run folder (or a checkpoint folder itself).
+
+    ``hf://ORG/NAME[@revision]`` loads the checkpoint pushed there (see :mod:`spikemask.hub`);
+    ``which`` does not apply to it (a Hub repository holds the one checkpoint pushed).
+    """
+    if isinstance(run, str) and run.startswith("hf://"):
+        from spikemask.hub import download_run
+
+        return load_checkpoint(download_run(run))
     run = Path(run).expanduser()
     if which not in ("best", "last"):
         raise SpikemaskError(f"which={which!r}; expected 'best' or 'last'")
@@ -80,7 +88,8 @@ def finetune(
             read-in / read-out layers and session tokens (fast, the shared model frozen).
         which: Start from the run's ``best`` or ``last`` checkpoint.
         config: Replaces the run's masking / data / training settings (model must match).
-        config_path / sets: YAML file and ``key=value`` overrides applied on top.
+        config_path: YAML file of overrides applied on top.
+        sets: ``key=value`` overrides applied after ``config_path``.
         resume: Continue an interrupted fine-tuning run in ``out``.
     """
     if mode not in FINETUNE_MODES:
@@ -111,7 +120,7 @@ def finetune(
     record = {
         "kind": "finetune",
         "mode": mode,
-        "parent": str(Path(run).resolve()),
+        "parent": run if str(run).startswith("hf://") else str(Path(run).resolve()),
         "sessions": [s.session_id for s in sessions],
         "sources": [str(s.metadata.get("source", "")) for s in sessions],
     }

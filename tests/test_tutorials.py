@@ -1,0 +1,63 @@
+"""The tutorials in docs/ run as written (on a tiny budget), so they cannot rot."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED_DATA, TINY_MODEL
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "tutorials"
+NWB = SHARED_DATA / "nwb" / "A2929-200711.nwb"
+
+
+def python_blocks(path: Path) -> str:
+    """The ```python blocks of a markdown file, joined into one script."""
+    return "\n".join(re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.DOTALL))
+
+
+def test_pynapple_tutorial_runs(tmp_path, monkeypatch):
+    pytest.importorskip("pynapple", reason="pynapple is not installed (extra 'pynapple')")
+    if not NWB.is_file():
+        pytest.skip(f"real NWB file {NWB} is absent (needs ../shared/data beside the repo)")
+    script = python_blocks(DOCS / "spike-times-to-evaluation.md")
+    budget = '"train.max_minutes=5"'
+    assert budget in script and '"A2929-200711.nwb"' in script
+    tiny_sets = [*TINY_MODEL, "train.max_steps=2", "train.progress_bar=false"]
+    tiny = ", ".join(repr(s) for s in tiny_sets)
+    script = script.replace(budget, tiny)
+    script = script.replace('"A2929-200711.nwb"', repr(str(NWB)))
+    script = script.replace("spikemask.evaluate(model, [session], tasks=", "spikemask.evaluate("
+                            "model, [session], progress=False, tasks=")  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(script, "spike-times-to-evaluation.md", "exec"), scope)
+    assert type(scope["rates"]).__name__ == "TsdFrame"
+    assert scope["peri"].shape == (100, scope["session"].split("test").num_trials, 15)
+    result = scope["results"]["sessions"]["A2929-200711"]["co_smoothing"]
+    assert set(result) >= {"bps", "bps_pooled"}
+    assert (tmp_path / "runs" / "a2929" / "checkpoints" / "best" / "model.safetensors").is_file()
+
+
+def test_shipped_session_tutorial_runs(tmp_path, monkeypatch):
+    script = python_blocks(DOCS / "shipped-session.md")
+    budget = 'BUDGET = ["train.max_minutes=2"]'
+    assert budget in script
+    tiny = [*TINY_MODEL, "train.max_epochs=null", "train.max_minutes=null", "train.max_steps=2",
+            "train.progress_bar=false", "data.batch_size=16"]  # fmt: skip
+    script = script.replace(budget, f"BUDGET = {tiny!r}")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(script, "shipped-session.md", "exec"), scope)
+    assert scope["seen"].num_units == scope["unseen"].num_units == 100
+    assert (tmp_path / "report" / "report.md").is_file()
+    assert any((tmp_path / "report" / "figures").glob("*.png"))
+    assert "bps" in scope["scores"]["mean"]["co_smoothing"]
+    assert scope["finetuned"].steps == 2

@@ -81,8 +81,9 @@ class _Problem:
         self.num_bins, self.num_features = t, p
         flat = z.reshape(-1, p)
         # outer products of the features, (K*T, P*P): the Hessian's feature block is then
-        # one matrix product with the rates
-        self.outer = (flat[:, :, None] * flat[:, None, :]).reshape(-1, p * p)
+        # one matrix product with the rates. float32 is enough for a Newton direction (the
+        # gradient stays float64, so the optimum is unchanged) and twice as fast.
+        self.outer = (flat[:, :, None] * flat[:, None, :]).reshape(-1, p * p).float()
 
     def eta(self, w: torch.Tensor, c: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(K, T, M) linear predictor."""
@@ -109,7 +110,7 @@ class _Problem:
         )  # (M, P + T + 1)
         m = mu.shape[2]
         hess = torch.zeros(m, p + t + 1, p + t + 1, dtype=mu.dtype)
-        hess[:, :p, :p] = (mu.reshape(-1, m).T @ self.outer).reshape(m, p, p)
+        hess[:, :p, :p] = (mu.reshape(-1, m).T.float() @ self.outer).reshape(m, p, p)
         zmu = torch.einsum("ktp,ktm->mtp", self.z, mu)  # (M, T, P)
         hess[:, p : p + t, :p] = zmu
         hess[:, :p, p : p + t] = zmu.transpose(1, 2)

@@ -224,9 +224,9 @@ class DivergenceGuard(Callback):
     def _fail(self, step: int, what: str) -> None:
         """``step``: the last step whose update was applied (all finite)."""
         raise TrainingDiverged(
-            f"training diverged at step {step + 1}: {what}; stopped before applying it, so "
-            f"the checkpoints keep the last finite weights (step {step}). Lower train.lr "
-            f"(now {self.lr:g}) or set train.gradient_clip"
+            f"training diverged at step {step + 1}: {what}; stopped before applying it (no "
+            f"checkpoint holds non-finite weights; the last finite ones are from step {step}). "
+            f"Lower train.lr (now {self.lr:g}) or set train.gradient_clip"
         )
 
     def on_before_optimizer_step(

@@ -316,6 +316,12 @@ def _run_fit(parts: _Parts, run_dir: Path, resume: bool) -> None:
             trainer.validate(module, parts.val_loader, verbose=False)
 
 
+def _has_saved_state(run_dir: Path) -> bool:
+    """Whether a failed run left something to resume from or use (then it is kept)."""
+    saved = run_dir / "checkpoints"
+    return (saved / "trainer" / "last.ckpt").is_file() or (saved / "last").is_dir()
+
+
 def fit(
     model: nn.Module,
     sessions: Sequence[Session],
@@ -355,8 +361,8 @@ def fit(
             )
             _run_fit(parts, folder.path, resume)
         except BaseException:
-            if not resume and (parts is None or parts.trainer.global_step == 0):
-                folder.discard()  # failed before its first step: the same command can rerun
+            if not resume and not _has_saved_state(folder.path):
+                folder.discard()  # nothing worth keeping: the same command can run again
             raise
         finally:
             folder.release()

@@ -76,7 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("inspect", help="summarise a dataset folder")
-    p.add_argument("data", type=Path, help="dataset folder in the IBL parquet layout")
+    # a str, not a Path: Path("hf://org/ds") would become "hf:/org/ds"
+    p.add_argument(
+        "data", help="dataset folder in the IBL parquet layout, or hf://<org>/<dataset>"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("synth", help="write synthetic sessions with known true rates")

@@ -130,6 +130,21 @@ class Session:
             num_bins = self._validate_split(split, trials, len(self.unit_ids), num_bins)
         if sum(t.num_trials for t in self.splits.values()) == 0:
             raise SpikemaskError(f"{where}: has no trials; expected at least one")
+        self._validate_not_silent(where)
+
+    def _validate_not_silent(self, where: str) -> None:
+        """An all-zero session (or training split) would train to loss 0 and score NaN."""
+        totals = {name: int(np.asarray(t.spikes).sum()) for name, t in self.splits.items()}
+        if sum(totals.values()) == 0:
+            raise SpikemaskError(
+                f"{where}: every spike count is 0; expected a recording with spikes (check the "
+                "binning window and the units' spike times)"
+            )
+        train = self.splits.get("train")
+        if train is not None and train.num_trials and totals["train"] == 0:
+            raise SpikemaskError(
+                f"{where}, split 'train': every spike count is 0; expected spikes to train on"
+            )
 
     def _validate_units(self, where: str) -> None:
         num_units = len(self.unit_ids)

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from spikemask.atomic import write_atomic
 from spikemask.config import RunConfig
 from spikemask.data.regions import RegionVocabulary
 from spikemask.errors import SpikemaskError
@@ -40,7 +39,6 @@ __all__ = [
     "check_finite",
     "load_checkpoint",
     "save_checkpoint",
-    "write_atomic",
 ]
 
 FORMAT = "spikemask-checkpoint-1"
@@ -89,20 +87,6 @@ def _vocab_dict(sessions: dict[str, SessionInfo], regions: RegionVocabulary) -> 
 def _digest(config: dict[str, Any], vocab: dict[str, Any]) -> str:
     text = json.dumps({"config": config, "vocab": vocab}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def write_atomic(path: str | Path, write: Callable[[str], object]) -> None:
-    """Write ``path`` through ``write(temporary name)`` then a rename, so readers (and a crash)
-    see either the old file or the complete new one, never a partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def check_finite(tensors: Mapping[str, torch.Tensor], where: str) -> None:

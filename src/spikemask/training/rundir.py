@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
+from spikemask.atomic import write_text_atomic
 from spikemask.config import RunConfig
 from spikemask.errors import SpikemaskError
-from spikemask.training.checkpoint import write_atomic
 
 __all__ = ["LOCK_NAME", "RESUME_DIR", "RunFolder", "RunFolderLock"]
 
@@ -172,7 +172,7 @@ class RunFolder:
 
     def _write(self, path: Path, text: str) -> None:
         self.written.append(path)
-        write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+        write_text_atomic(path, text)
 
     def release(self) -> None:
         if self.lock is not None:

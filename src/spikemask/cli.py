@@ -77,9 +77,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="summarise a dataset folder")
     # a str, not a Path: Path("hf://org/ds") would become "hf:/org/ds"
-    p.add_argument(
-        "data", help="dataset folder in the IBL parquet layout, or hf://<org>/<dataset>"
-    )
+    p.add_argument("data", help="dataset folder in the IBL parquet layout, or hf://<org>/<dataset>")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("synth", help="write synthetic sessions with known true rates")

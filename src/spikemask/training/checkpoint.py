@@ -89,13 +89,16 @@ def _digest(config: dict[str, Any], vocab: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def check_finite(tensors: Mapping[str, torch.Tensor], where: str) -> None:
+def check_finite(
+    tensors: Mapping[str, torch.Tensor],
+    where: str,
+    action: str = "refusing to write a checkpoint of a diverged model",
+) -> None:
     """Raise :class:`SpikemaskError` naming the first tensor with a NaN or infinite value."""
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise SpikemaskError(
-                f"{where}: weight {name!r} holds non-finite values (NaN or inf); refusing to "
-                "write a checkpoint of a diverged model"
+                f"{where}: weight {name!r} holds non-finite values (NaN or inf); {action}"
             )
 
 
@@ -216,4 +219,9 @@ def _load_weights(path: Path, digest: str) -> dict[str, torch.Tensor]:
             f"checkpoint {str(path.parent)!r}: the weights belong to a different config or "
             "vocabulary than config.json / vocab.json (mismatched or partly overwritten folder)"
         )
+    check_finite(
+        tensors,
+        f"checkpoint {str(path.parent)!r}",
+        "the model diverged before it was saved; use another checkpoint or retrain",
+    )
     return tensors

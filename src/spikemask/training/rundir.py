@@ -106,6 +106,26 @@ class RunFolderLock:
         self._fd = None
 
 
+def _check_resume_state(path: Path) -> None:
+    """The resume state must be a readable checkpoint of tensors and plain values."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises many kinds for a damaged or foreign file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SpikemaskError(
+            f"--resume: the resume state {str(path)!r} is corrupted or not a Lightning "
+            f"checkpoint ({first[:200]}); start a new --out folder (checkpoints/best and "
+            "checkpoints/last there are unaffected)"
+        ) from None
+    if not isinstance(state, dict) or "state_dict" not in state or "loops" not in state:
+        raise SpikemaskError(
+            f"--resume: {str(path)!r} is not a Lightning trainer checkpoint (expected the keys "
+            "'state_dict' and 'loops')"
+        )
+
+
 def _is_empty(folder: Path) -> bool:
     return not any(p.name != LOCK_NAME for p in folder.iterdir())
 
@@ -157,6 +177,11 @@ class RunFolder:
             raise SpikemaskError(f"--resume: {str(out)!r} holds no interrupted run to resume")
         folder = cls(out, RunFolderLock(out))
         folder.lock.acquire()
+        try:
+            _check_resume_state(out / RESUME_DIR / "last.ckpt")
+        except SpikemaskError:
+            folder.release()
+            raise
         saved = out / "config.yaml"
         try:
             values = yaml.safe_load(saved.read_text()) if saved.is_file() else None

@@ -167,6 +167,11 @@ class ResumeCheckpoint(Callback):
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.save(trainer)
 
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        _start_next_epoch_cleanly(checkpoint)
+
     # Lightning restores a stateful loader only when it builds the loader after restoring,
     # which it does not when the schedule asks for ``estimated_stepping_batches`` first; the
     # callback state is always restored, so the sampler position travels here as well.
@@ -206,6 +211,25 @@ class ResumeCheckpoint(Callback):
         if trainer.world_size == 1:
             return decision
         return bool(trainer.strategy.reduce_boolean_decision(decision, all=False))
+
+
+def _start_next_epoch_cleanly(checkpoint: dict[str, Any]) -> None:
+    """Make a state saved after a finished epoch resume at the start of the next one.
+
+    With a step budget Lightning treats every restore as a restart, and a state taken after
+    the last batch (and validation) of an epoch then replays an empty epoch: the epoch
+    counter ends one too high and the data order shifts. Clearing the finished epoch's batch
+    counter (the state the next epoch starts from) avoids that; states taken mid-epoch are
+    left alone. Callbacks' ``on_load_checkpoint`` runs before the loops are restored.
+    """
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs = loop.get("epoch_progress", {}).get("current", {})
+    batches = loop.get("epoch_loop.batch_progress")
+    if not epochs or not batches or len(set(epochs.values())) != 1:
+        return  # mid-epoch (an epoch started but not processed): nothing to fix
+    if batches.get("is_last_batch"):
+        batches["current"] = dict.fromkeys(batches["current"], 0)
+        batches["is_last_batch"] = False
 
 
 class DivergenceGuard(Callback):

@@ -6,9 +6,14 @@ A run folder holds::
     config.yaml               the resolved configuration
     checkpoints/best/         safetensors checkpoint with the lowest validation loss
     checkpoints/last/         safetensors checkpoint of the latest epoch
-    checkpoints/trainer/      Lightning's resume state (optimiser, schedule, loop counters)
+    checkpoints/trainer/      Lightning's resume state (optimiser, schedule, loop counters,
+                              data position), written every checkpoint interval
     logs/csv/version_*/       CSV logs (one version per start; a resumed run adds one)
     logs/tensorboard/         TensorBoard logs
+    .lock                     while a process writes the folder: its pid and host
+
+See :mod:`spikemask.training.resume` (resume state, signals, divergence guard) and
+:mod:`spikemask.training.rundir` (lock, cleanup of failed starts).
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ from spikemask.training.batches import (
     SessionTrialsDataset,
     mean_log_rate,
 )
-from spikemask.training.checkpoint import Checkpoint, SessionInfo, save_checkpoint
+from spikemask.training.checkpoint import SessionInfo
+from spikemask.training.model_folder import ModelFolderCheckpoint
 from spikemask.training.module import MtMModule
 from spikemask.training.progress import progress_bar
 from spikemask.training.resume import DivergenceGuard, ResumeCheckpoint, StopSignals
@@ -76,61 +82,6 @@ def init_unit_rates(model: nn.Module, sessions: Sequence[Session]) -> None:
 
 def session_info(session: Session) -> SessionInfo:
     return SessionInfo(session.session_id, session.unit_ids, session.unit_regions)
-
-
-class ModelFolderCheckpoint(Callback):
-    """Writes safetensors checkpoints ``best`` and ``last`` (rank 0 only)."""
-
-    def __init__(
-        self,
-        run_dir: Path,
-        config: RunConfig,
-        sessions: dict[str, SessionInfo],
-        regions: RegionVocabulary,
-    ) -> None:
-        self.run_dir = run_dir
-        self.config = config
-        self.sessions = sessions
-        self.regions = regions
-        self.best = math.inf
-        self.null = math.nan
-
-    def _save(self, name: str, trainer: L.Trainer, module: MtMModule, val: float) -> None:
-        state = {
-            "epoch": trainer.current_epoch,
-            "step": trainer.global_step,
-            "val_loss": val,
-            "val_null_loss": self.null,
-        }
-        checkpoint = Checkpoint(module.model, self.config, self.sessions, self.regions, state)
-        save_checkpoint(self.run_dir / "checkpoints" / name, checkpoint)
-
-    def on_validation_end(self, trainer: L.Trainer, module: MtMModule) -> None:
-        if trainer.sanity_checking:
-            return
-        metric = trainer.callback_metrics.get("val_loss")
-        val = float(metric) if metric is not None else math.nan
-        null = trainer.callback_metrics.get("val_null_loss")
-        self.null = float(null) if null is not None else math.nan
-        if trainer.is_global_zero:
-            self._save("last", trainer, module, val)
-            if val < self.best:
-                self._save("best", trainer, module, val)
-        if val < self.best:
-            self.best = val
-
-    def on_train_end(self, trainer: L.Trainer, module: MtMModule) -> None:
-        if trainer.is_global_zero:
-            self._save("last", trainer, module, self.best)
-            if not (self.run_dir / "checkpoints" / "best").exists():
-                self._save("best", trainer, module, self.best)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "null": self.null}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best = float(state_dict.get("best", math.inf))
-        self.null = float(state_dict.get("null", math.nan))
 
 
 def build_dataloader(

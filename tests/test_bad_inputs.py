@@ -196,10 +196,20 @@ def _nan_weights(ctx: Ctx) -> Path:
 
 
 def _resume_state(ctx: Ctx, content: bytes) -> list[str]:
-    argv = train(ctx)
-    assert main(argv) == 0  # a finished run has a resume state; then damage it
-    (ctx.tmp / "out" / "checkpoints" / "trainer" / "last.ckpt").write_bytes(content)
-    return [*argv, "--resume"]
+    run = ctx.copy_run()  # a finished run has a resume state; damage it
+    (run / "checkpoints" / "trainer" / "last.ckpt").write_bytes(content)
+    return [*train(ctx)[:3], str(run), *train(ctx)[4:], "--resume"]
+
+
+def _train_zero_split(ctx: Ctx) -> str:
+    folder, path = _parquet(ctx, "train")
+    table = pq.read_table(path)
+    column = "spikes_sparse_data"
+    zeros = [[0] * len(row) for row in table.column(column).to_pylist()]
+    index = table.column_names.index(column)
+    kind = table.schema.field(column).type
+    pq.write_table(table.set_column(index, column, pa.array(zeros, type=kind)), path)
+    return str(folder)
 
 
 def _locked_out(ctx: Ctx) -> list[str]:
@@ -381,6 +391,11 @@ CASES = [
         "every spike count is 0",
     ),
     Case(
+        "train split without spikes",
+        lambda c: train(c, data=_train_zero_split(c)),
+        r"split 'train': every spike count is 0",
+    ),
+    Case(
         "train one time bin",
         lambda c: train(c, data=_session_folder(c, "one", num_bins=1)),
         "at least 2 time bins",
@@ -489,7 +504,7 @@ CASES = [
     Case("resume without state", lambda c: train(c, "--resume"), "holds no interrupted run"),
     Case(
         "resume with other options",
-        lambda c: (main(train(c)), [*train(c, "--max-steps", "2"), "--resume"])[1],
+        lambda c: [*train(c)[:3], str(c.copy_run()), *train(c)[4:], "--resume"],
         "configuration differs",
     ),
     Case(

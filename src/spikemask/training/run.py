@@ -194,6 +194,15 @@ def _make_trainer(run_dir: Path, config: RunConfig, callbacks: list[Callback]) -
     )
 
 
+def _check_spikes(sessions: Sequence[Session]) -> None:
+    for session in sessions:
+        if not session.split("train").spikes.any():
+            raise SpikemaskError(
+                f"session {session.session_id!r}, split 'train': every spike count is 0; "
+                "expected spikes to train on"
+            )
+
+
 def _check_regions(sessions: Sequence[Session], config: RunConfig) -> None:
     if not config.masking.needs_regions:
         return
@@ -293,6 +302,7 @@ def fit(
         SpikemaskError: Bad input, a locked or non-empty folder, or :class:`TrainingDiverged`.
         RunInterrupted: SIGINT / SIGTERM / SIGUSR1 stopped the run (resume state saved).
     """
+    _check_spikes(sessions)
     _check_regions(sessions, config)
     with StopSignals() as signals:
         folder = RunFolder.open(Path(out), config, record, resume=resume, rank=rank_zero_only.rank)

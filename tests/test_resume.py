@@ -168,6 +168,24 @@ def test_signal_in_process_raises_run_interrupted_with_a_saved_state(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
 
+def test_a_save_due_at_an_epoch_end_moves_to_the_next_step(tmp_path):
+    import lightning as L
+
+    class Crash(Exception):
+        pass
+
+    class CrashAt(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 5:
+                raise Crash
+
+    # 3 batches per epoch and a save every 3 steps: each save falls on an epoch's last
+    # step and is taken one step later
+    with pytest.raises(Crash):
+        train([make_session()], tmp_path / "r", config=tiny_config(), callbacks=[CrashAt()])
+    assert resume_step(tmp_path / "r") == 4
+
+
 def test_a_diverging_run_stops_and_keeps_finite_checkpoints(tmp_path, capsys):
     folder = write_session(make_session(trials=(30, 4, 5)), tmp_path / "ds")
     out = tmp_path / "run"

@@ -130,6 +130,7 @@ class ResumeCheckpoint(Callback):
         self.every_s = every_minutes * 60 if every_minutes else None
         self._last_save = time.monotonic()
         self._first_step: int | None = None
+        self._pending = False  # a save due at an epoch's last step, taken at the next one
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.signals.install()  # over Lightning's own SIGTERM / SLURM handlers
@@ -154,12 +155,14 @@ class ResumeCheckpoint(Callback):
         batch_idx: int,
     ) -> None:
         self.sampler.consumed = batch_idx + 1
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            # saved at the next step instead: a state taken between an epoch's last step
-            # and its validation would skip that validation when resumed
-            return
         stop = self._any(trainer, self._stop())
-        if stop or self._any(trainer, self._due(trainer)):
+        due = self._pending or self._any(trainer, self._due(trainer))
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            # moved to the next step: a state taken between an epoch's last step and its
+            # validation would skip that validation when resumed
+            self._pending = due
+            return
+        if stop or due:
             self.save(trainer)
         if stop:
             raise RunInterrupted(self._signum(), trainer.global_step, self.path, saved=True)
@@ -192,6 +195,7 @@ class ResumeCheckpoint(Callback):
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         self._last_save = time.monotonic()
+        self._pending = False
 
     def _stop(self) -> bool:
         return self.signals.received is not None

@@ -123,3 +123,32 @@ def test_masking_choices_match_the_masking_presets():
     from spikemask.masking.mixture import PRESETS
 
     assert set(MASKING_CHOICES) == set(PRESETS)
+
+
+def test_budget_flags_keep_the_other_budgets_and_help_says_the_defaults(capsys):
+    from spikemask.cli import _budget_sets, _parser
+    from spikemask.config import load_config
+
+    args = _parser().parse_args(["train", "x", "--out", "y", "--max-steps", "7"])
+    config = load_config(preset="small", sets=_budget_sets(args))
+    # the first budget reached stops training: the preset's epochs stay
+    assert (config.train.max_steps, config.train.max_epochs) == (7, 100)
+    assert config.train.max_minutes is None
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "100 for small and 1000 for paper" in text
+    assert "the first budget reached stops training" in text
+
+
+def test_train_keeps_stdout_for_results(tmp_path, capfd):
+    from conftest import TINY_MODEL
+
+    folder = write_session(make_session(), tmp_path / "ds")
+    sets = [a for s in [*TINY_MODEL, "train.tensorboard=false"] for a in ("--set", s)]
+    code = main(["train", str(folder), "--out", str(tmp_path / "r"), "--max-steps", "2", *sets])
+    out, err = capfd.readouterr()
+    assert code == 0
+    assert out.splitlines()[0].startswith("run folder") and "\r" not in out
+    assert "Epoch" in err  # the progress bar draws on stderr
+    assert "GPU available" not in out + err and "TPU available" not in out + err

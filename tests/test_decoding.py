@@ -54,7 +54,20 @@ def test_decode_trial_labels_string_labels() -> None:
     names = np.where(signs > 0, "right", "left")
     result = decode_trial_labels(x_train, names, x_test, names[:11], seed=3)
     assert result["accuracy"] >= 0.9
-    assert result["chance"] == pytest.approx(5 / 11)  # tie -> "left" (sorted first): 5 of 11
+    # chance: the test split's majority-class rate ("right": 6 of 11)
+    assert result["chance"] == pytest.approx(6 / 11)
+
+
+def test_chance_is_the_test_majority_rate_and_balanced_accuracy_is_reported() -> None:
+    # training majority 1, test majority 0: chance follows the test split
+    rng = np.random.default_rng(4)
+    y_train = np.array([1] * 20 + [0] * 10)
+    y_test = np.array([0] * 8 + [1] * 3)
+    x_train = rng.normal(size=(30, 3))
+    x_test = rng.normal(size=(11, 3))
+    result = decode_trial_labels(x_train, y_train, x_test, y_test)
+    assert result["chance"] == pytest.approx(8 / 11)
+    assert 0.0 <= result["balanced_accuracy"] <= 1.0
 
 
 def test_decode_trial_labels_without_cv_for_a_singleton_class() -> None:

@@ -51,7 +51,13 @@ def test_results_have_the_documented_shape(results, model, sessions):
     entry = results["sessions"]["a"]
     assert set(entry) == {*ACTIVITY_KEYS, "choice", "reward", "wheel-speed"}
     for key in ACTIVITY_KEYS:
-        assert set(entry[key]) == {"bps", "bps_pooled", "num_units", "per_region"}
+        assert set(entry[key]) == {
+            "bps",
+            "bps_pooled",
+            "num_units",
+            "num_silent_units",
+            "per_region",
+        }
         for region in entry[key]["per_region"].values():
             assert set(region) == {"bps", "bps_pooled", "num_units"}
     assert entry["co_smoothing"]["num_units"] == 11

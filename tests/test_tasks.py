@@ -237,8 +237,9 @@ def test_score_task_per_unit_and_per_region_values():
     assert result.per_region["CA1"]["num_units"] == 2
     assert result.per_region["CA1"]["bps"] == pytest.approx(expected[1])  # unit 4 is silent
     payload = result.to_json(digits=3)
-    assert set(payload) == {"bps", "bps_pooled", "num_units", "per_region"}
+    assert set(payload) == {"bps", "bps_pooled", "num_units", "num_silent_units", "per_region"}
     assert payload["bps"] == round(result.bps, 3) and payload["num_units"] == 6
+    assert payload["num_silent_units"] == 1  # reported, not scored
 
 
 def test_to_jsonable_rounds_and_replaces_nan():

@@ -32,9 +32,24 @@ MASKING_CHOICES = (
 
 
 def _add_budget_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-epochs", type=int, help="stop after this many epochs")
-    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    parser.add_argument("--max-minutes", type=float, help="stop after this wall-clock time")
+    budget = "; the first budget reached stops training"
+    parser.add_argument(
+        "--max-epochs",
+        type=int,
+        help="stop after this many epochs (default: the preset's, 100 for small and 1000 for "
+        f"paper{budget})",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        help=f"stop after this many optimiser steps (default: no step limit{budget})",
+    )
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help=f"stop after this wall-clock time (default: no time limit{budget}; a time "
+        "budget makes the schedule depend on speed, so a resumed run is not bit-exact)",
+    )
     parser.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     parser.add_argument("--config", type=Path, help="YAML file of config overrides")
     parser.add_argument(
@@ -46,7 +61,9 @@ def _add_budget_flags(parser: argparse.ArgumentParser) -> None:
         help="override one config value, e.g. --set model.width=256 (repeatable)",
     )
     parser.add_argument(
-        "--resume", action="store_true", help="continue the interrupted run in --out"
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out from its last resume state (same options)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -59,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("inspect", help="summarise a dataset folder")
-    p.add_argument("data", type=Path, help="dataset folder in the IBL parquet layout")
+    # a str, not a Path: Path("hf://org/ds") would become "hf:/org/ds"
+    p.add_argument("data", help="dataset folder in the IBL parquet layout, or hf://<org>/<dataset>")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("synth", help="write synthetic sessions with known true rates")
@@ -137,23 +155,22 @@ def _add_later_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _budget_sets(args: argparse.Namespace) -> list[str]:
-    sets = []
-    if args.max_epochs is not None or args.max_steps is not None or args.max_minutes is not None:
-        # an explicit budget replaces the preset's, rather than adding to it
-        sets += [
-            f"train.max_epochs={_null(args.max_epochs)}",
-            f"train.max_steps={_null(args.max_steps)}",
-            f"train.max_minutes={_null(args.max_minutes)}",
-        ]
+    # each flag sets its own budget; the others (the preset's max_epochs included) stay, and
+    # the first budget reached stops training
+    sets = [
+        f"train.{key}={value}"
+        for key, value in (
+            ("max_epochs", args.max_epochs),
+            ("max_steps", args.max_steps),
+            ("max_minutes", args.max_minutes),
+        )
+        if value is not None
+    ]
     if args.seed is not None:
         sets.append(f"train.seed={args.seed}")
     if args.quiet:
         sets.append("train.progress_bar=false")
     return sets
-
-
-def _null(value: object) -> str:
-    return "null" if value is None else str(value)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -284,10 +301,14 @@ COMMANDS = {
 
 
 class _NoAdverts(logging.Filter):
-    """Drops Lightning's tips about third-party services from the console."""
+    """Drops Lightning's tips about third-party services and its hardware inventory
+    ("GPU available: False ...", "TPU available ...") from the console."""
+
+    NOISE = ("litlogger", "GPU available:", "TPU available:", "HPU available:")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        message = record.getMessage()
+        return not any(part in message for part in self.NOISE)
 
 
 def _quiet_third_party() -> None:
@@ -319,6 +340,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"spikemask {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        from spikemask.training.resume import RunInterrupted
+
+        if not isinstance(err, RunInterrupted):
+            raise
+        return _interrupted(args.command, err, sys.argv[1:] if argv is None else list(argv))
+
+
+def _interrupted(command: str, err, argv: list[str]) -> int:
+    """Report a run stopped by a signal, with the exact command that resumes it."""
+    import shlex
+
+    print(f"spikemask {command}: interrupted: {err}", file=sys.stderr)
+    if err.saved:
+        again = argv if "--resume" in argv else [*argv, "--resume"]
+        print(f"resume with: spikemask {shlex.join(again)}", file=sys.stderr)
+    else:
+        print(f"nothing was trained yet; rerun: spikemask {shlex.join(argv)}", file=sys.stderr)
+    return err.exit_code
 
 
 if __name__ == "__main__":

@@ -96,8 +96,9 @@ def _evaluate_all(args: argparse.Namespace, sessions: _SessionCache, common: dic
 
     evaluations: dict = {}
     levels = []
-    for run in [args.run, *args.compare]:
-        model = load_run(run)
+    # every run is loaded (and so checked) before any evaluation starts
+    models = [(run, load_run(run)) for run in [args.run, *args.compare]]
+    for run, model in models:
         name = _unique_name(Path(run).name or str(run), evaluations)
         levels.append(model.checkpoint.config.data.region_level)
         evaluation = run_evaluation(
@@ -116,15 +117,35 @@ def _evaluate_all(args: argparse.Namespace, sessions: _SessionCache, common: dic
     return evaluations
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--out must name a file and --report a folder; checked before any work."""
+    from spikemask.errors import SpikemaskError
+
+    if args.out.is_dir():
+        raise SpikemaskError(
+            f"--out {str(args.out)!r} is a folder; expected the path of the results JSON file "
+            f"(e.g. {str(args.out / 'results.json')!r})"
+        )
+    if args.out.parent.exists() and not args.out.parent.is_dir():
+        raise SpikemaskError(f"--out {str(args.out)!r}: {str(args.out.parent)!r} is not a folder")
+    if args.report is not None and args.report.exists() and not args.report.is_dir():
+        raise SpikemaskError(
+            f"--report {str(args.report)!r} is an existing file; expected a folder to write "
+            "report.md and figures/ into"
+        )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from spikemask.atomic import write_text_atomic
     from spikemask.errors import SpikemaskError
     from spikemask.evaluation.engine import resolve_tasks
     from spikemask.evaluation.evaluate import run_sources
-    from spikemask.evaluation.report import markdown_table, write_report
+    from spikemask.evaluation.report import LABEL_LEGEND, markdown_table, write_report
 
     tasks = resolve_tasks(args.tasks)
     if args.batch_size is not None and args.batch_size < 1:
         raise SpikemaskError(f"--batch-size {args.batch_size}; expected a positive integer")
+    _check_outputs(args)
     sources = [*args.data, *args.more_data] or run_sources(args.run)
     keep = ("co_smoothing",) if args.report else ()
     common = {"split": args.split, "tasks": tasks, "keep_rates": keep, "progress": not args.quiet}
@@ -135,8 +156,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if others:
         output["comparisons"] = {name: results[name] for name in others}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(output, indent=1))
-    print(markdown_table(results))
+    write_text_atomic(args.out, json.dumps(output, indent=1))
+    table = markdown_table(results)
+    print(table)
+    if "balanced_accuracy" in table.splitlines()[0]:
+        print(f"\n{LABEL_LEGEND}")
     print(f"\nresults        {args.out}")
     if args.report:
         predictions = {name: e.predictions for name, e in evaluations.items()}

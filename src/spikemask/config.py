@@ -95,6 +95,9 @@ class TrainConfig:
         log_every_n_steps: Logging interval.
         tensorboard: Also write TensorBoard logs (CSV logs are always written).
         progress_bar: Show a progress bar.
+        checkpoint_every_n_steps / checkpoint_every_minutes: How often the resume state
+            (``checkpoints/trainer/last.ckpt``) is written, whichever comes first (``None`` =
+            no trigger of that kind); a crash loses at most one interval.
     """
 
     max_epochs: int | None = 100
@@ -115,6 +118,8 @@ class TrainConfig:
     log_every_n_steps: int = 10
     tensorboard: bool = True
     progress_bar: bool = True
+    checkpoint_every_n_steps: int | None = 200
+    checkpoint_every_minutes: float | None = 10.0
 
     def __post_init__(self) -> None:
         if self.max_epochs is None and self.max_steps is None and self.max_minutes is None:
@@ -139,6 +144,9 @@ class TrainConfig:
         _check_choice("train.precision", str(self.precision), PRECISIONS)
         _check_positive("train.num_nodes", self.num_nodes)
         _check_positive("train.log_every_n_steps", self.log_every_n_steps)
+        for name in ("checkpoint_every_n_steps", "checkpoint_every_minutes"):
+            if getattr(self, name) is not None:
+                _check_positive(f"train.{name}", getattr(self, name))
 
 
 @dataclass

@@ -12,6 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
+from spikemask.atomic import write_text_atomic
 from spikemask.errors import SpikemaskError
 
 __all__ = ["run_demo"]
@@ -92,7 +93,7 @@ def run_demo(
     _say("\nEvaluating the linear baseline ...")
     linear = run_linear_baseline([session], progress=progress)
     results["linear"], predictions["linear"] = linear.results, linear.predictions
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=1))
     report = write_report(results, out, predictions=predictions)
     _say("\n" + markdown_table(results))
     _say(f"\nDone in {(time.perf_counter() - started) / 60:.1f} min. Report: {report}")

@@ -130,6 +130,15 @@ class Session:
             num_bins = self._validate_split(split, trials, len(self.unit_ids), num_bins)
         if sum(t.num_trials for t in self.splits.values()) == 0:
             raise SpikemaskError(f"{where}: has no trials; expected at least one")
+        self._validate_not_silent(where)
+
+    def _validate_not_silent(self, where: str) -> None:
+        """An all-zero session would train to loss 0 and score NaN."""
+        if all(not np.asarray(t.spikes).any() for t in self.splits.values()):
+            raise SpikemaskError(
+                f"{where}: every spike count is 0; expected a recording with spikes (check the "
+                "binning window and the units' spike times)"
+            )
 
     def _validate_units(self, where: str) -> None:
         num_units = len(self.unit_ids)

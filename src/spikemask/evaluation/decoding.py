@@ -76,6 +76,14 @@ class DecodingResult:
         return out
 
 
+def _majority_rate(labels: list) -> float:
+    """Fraction of ``labels`` in the most frequent class (NaN for no labels)."""
+    if not labels:
+        return float("nan")
+    _, counts = np.unique(np.asarray(labels, dtype=object).astype(str), return_counts=True)
+    return float(counts.max() / len(labels))
+
+
 def _as_array(value: Any, name: str, ndim: int, dtype: Any = np.float64) -> np.ndarray:
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor
         value = value.detach().cpu().numpy()
@@ -166,7 +174,9 @@ def decode_trial_labels(
 
     Returns:
         ``{"accuracy", "chance", "num_trials", "balanced_accuracy", "C"}``; ``chance`` is
-        the test accuracy of always predicting the most frequent training class. With
+        the test split's majority-class rate (the accuracy of always predicting the most
+        frequent *test* label), and ``balanced_accuracy`` the mean per-class recall (0.5
+        for any constant guess on two classes). With
         ``return_predictions``, the tuple ``(that dict, predictions)``.
 
     Raises:
@@ -182,7 +192,6 @@ def decode_trial_labels(
     classes, counts = np.unique(labels_train.tolist(), return_counts=True)
     if classes.size < 2:
         raise SpikemaskError(f"`y_train` must contain at least 2 classes, got only {classes}")
-    majority = classes[np.argmax(counts)]  # ties -> the smallest label (np.unique sorts)
 
     num_folds = min(_MAX_FOLDS, int(counts.min()))
     labels_fit = np.asarray(labels_train.tolist())
@@ -201,7 +210,7 @@ def decode_trial_labels(
     scores = DecodingResult(
         metric="accuracy",
         value=accuracy(truth, predicted.tolist()),
-        chance=accuracy(truth, [majority] * len(truth)),
+        chance=_majority_rate(truth),
         num_trials=len(truth),
         extra={"balanced_accuracy": balanced_accuracy(truth, predicted.tolist()), "C": best_c},
     ).to_dict()

@@ -102,10 +102,16 @@ def run_sources(run: str | Path) -> list[str]:
     if not record_path.is_file():
         raise SpikemaskError(f"{str(record_path)!r} does not exist; give the dataset folders")
     try:
-        sources = json.loads(record_path.read_text()).get("sources") or []
-    except json.JSONDecodeError as err:
+        record = json.loads(record_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SpikemaskError(f"{str(record_path)!r} is not valid JSON ({err})") from None
-    sources = [s for s in sources if s]
+    sources = record.get("sources") if isinstance(record, dict) else None
+    if not isinstance(sources, list):
+        raise SpikemaskError(
+            f"{str(record_path)!r}: expected a JSON object with a list 'sources'; give the "
+            "dataset folders"
+        )
+    sources = [str(s) for s in sources if s]
     if not sources:
         raise SpikemaskError(f"{str(record_path)!r} names no dataset; give the dataset folders")
     return sources

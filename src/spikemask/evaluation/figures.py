@@ -45,7 +45,9 @@ def _safe(name: str) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    from spikemask.atomic import write_atomic
+
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png"))
     _pyplot().close(fig)
     return path
 

@@ -12,13 +12,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from spikemask.atomic import write_text_atomic
 from spikemask.evaluation.engine import SessionPredictions
 from spikemask.evaluation.tasks import ACTIVITY_TASKS
 
 __all__ = ["markdown_table", "write_report"]
 
 _ACTIVITY = {key: name for name, (key, _, _) in ACTIVITY_TASKS.items()}
-_LABELS = {"choice": "choice acc", "reward": "reward acc"}
+_LABELS = {
+    "choice": "choice accuracy / balanced_accuracy / chance",
+    "reward": "reward accuracy / balanced_accuracy / chance",
+}
+LABEL_LEGEND = (
+    "Trial labels: decoder accuracy / balanced_accuracy (mean per-class recall) / chance "
+    "(the evaluated split's majority-class rate)."
+)
 
 
 def _columns(results: Mapping[str, dict[str, Any]]) -> list[tuple[str, str]]:
@@ -45,9 +53,8 @@ def _cell(entry: dict[str, Any] | None, key: str) -> str:
     if key in _ACTIVITY:
         return f"{_number(entry.get('bps'))} ({_number(entry.get('bps_pooled'))})"
     if "accuracy" in entry:
-        chance = entry.get("chance")
-        suffix = "" if chance is None else f" / {_number(chance)}"
-        return f"{_number(entry['accuracy'])}{suffix}"
+        parts = [entry["accuracy"], entry.get("balanced_accuracy"), entry.get("chance")]
+        return " / ".join(_number(v) for v in parts)
     return _number(entry.get("r2"))
 
 
@@ -55,7 +62,8 @@ def markdown_table(results: Mapping[str, dict[str, Any]]) -> str:
     """Markdown table: one row per (session, model), then the mean over sessions.
 
     Activity cells are ``mean-over-units bps (pooled bps)``; label cells are
-    ``accuracy / chance``; per-bin behaviour cells are R².
+    ``accuracy / balanced_accuracy / chance`` (see :data:`LABEL_LEGEND`); per-bin behaviour
+    cells are R².
     """
     columns = _columns(results)
     header = ["session", "model", *(title for _, title in columns)]
@@ -116,8 +124,7 @@ def write_report(
         "# spikemask evaluation",
         "",
         f"Split: `{split}`. Activity tasks: bits per spike, mean over units (NLB pooled in "
-        "parentheses). Trial labels: decoder accuracy / majority-class chance. Per-bin "
-        "behaviour: R² over trials × bins.",
+        f"parentheses). {LABEL_LEGEND} Per-bin behaviour: R² over trials × bins.",
         "",
         *_notes(results),
         "",
@@ -128,5 +135,6 @@ def write_report(
         lines += [f"## {sid}", ""]
         lines += [f"![{p.stem}](figures/{p.name})" for p in paths] + [""]
     report = out_dir / "report.md"
-    report.write_text("\n".join(lines))
+    text = "\n".join(lines)
+    write_text_atomic(report, text)
     return report

@@ -251,15 +251,23 @@ class TaskResult:
         """Number of scored units."""
         return int(self.scored_units.sum())
 
+    @property
+    def num_silent_units(self) -> int:
+        """Scored units without a spike in the scored entries (left out of ``bps``)."""
+        return int((self.scored_units & ~np.isfinite(self.bps_per_unit)).sum())
+
     def to_json(self, digits: int = 4) -> dict[str, Any]:
-        """``{"bps", "bps_pooled", "num_units", "per_region"}`` (or ``{"skipped"}``) with
-        floats rounded to ``digits`` and NaN written as None."""
+        """``{"bps", "bps_pooled", "num_units", "num_silent_units", "per_region"}`` (or
+        ``{"skipped"}``) with floats rounded to ``digits`` and NaN written as None.
+        ``num_silent_units`` counts scored units with no spike in the scored entries: they
+        have no bits per spike and are left out of the mean ``bps``."""
         if self.skipped is not None:
             return {"skipped": self.skipped}
         values = {
             "bps": self.bps,
             "bps_pooled": self.bps_pooled,
             "num_units": self.num_units,
+            "num_silent_units": self.num_silent_units,
             "per_region": self.per_region,
         }
         return to_jsonable(values, digits)

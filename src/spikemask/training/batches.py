@@ -15,13 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from spikemask.data.session import TrialSet
 from spikemask.errors import SpikemaskError
 
 __all__ = [
     "BatchKey",
+    "ResumableLoader",
     "SessionBatchSampler",
     "SessionTrialsDataset",
     "mean_log_rate",
@@ -65,6 +66,11 @@ class SessionBatchSampler(Sampler[BatchKey]):
         sampling: ``proportional`` (each trial once per epoch) or ``balanced`` (every session
             gets as many batches as the largest one, drawing extra trials of smaller ones).
         seed: Seed of the shuffles; epoch ``e`` uses ``(seed, e)``.
+
+    The sampler is resumable mid-epoch: :meth:`state_dict` records the epoch and how many of
+    its batches were consumed (``consumed``, set by the training loop), and after
+    :meth:`load_state_dict` the next iteration of that epoch starts after them. The order
+    itself is a function of ``(seed, epoch)``, so nothing else needs saving.
     """
 
     def __init__(
@@ -84,10 +90,22 @@ class SessionBatchSampler(Sampler[BatchKey]):
         self.sampling = sampling
         self.seed = seed
         self.epoch = 0
+        self.consumed = 0
+        self._resume_at: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch."""
         self.epoch = epoch
+
+    def state_dict(self) -> dict[str, int]:
+        """Epoch and number of its batches consumed (what a resumed run skips)."""
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue epoch ``state["epoch"]`` after its first ``state["consumed"]`` batches."""
+        self.epoch = int(state["epoch"])
+        self.consumed = int(state["consumed"])
+        self._resume_at = (self.epoch, self.consumed)
 
     def global_batches(self) -> list[tuple[int, np.ndarray]]:
         """The epoch's global batches as (session index, trial rows)."""
@@ -112,8 +130,14 @@ class SessionBatchSampler(Sampler[BatchKey]):
 
     def __iter__(self) -> Iterator[BatchKey]:
         rank, world = world_info()
+        skip = self._resume_at[1] if self._resume_at and self._resume_at[0] == self.epoch else 0
+        self._resume_at = None
+        position = 0
         for batch_id, (session, rows) in enumerate(self.global_batches()):
             if len(rows) < world:  # cannot give every rank a trial: skipped on all ranks
+                continue
+            position += 1
+            if position <= skip:  # consumed before the run was interrupted
                 continue
             shares = np.array_split(np.arange(len(rows)), world)
             share = shares[rank]
@@ -134,6 +158,18 @@ class SessionBatchSampler(Sampler[BatchKey]):
             )
             sizes += [min(self.batch_size, total - i) for i in range(0, total, self.batch_size)]
         return sum(1 for size in sizes if size >= world)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose position Lightning saves in, and restores from, its checkpoints
+    (it is *stateful*: ``state_dict`` / ``load_state_dict`` delegate to the
+    :class:`SessionBatchSampler`)."""
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.load_state_dict(state)
 
 
 class SessionTrialsDataset(Dataset):

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +26,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from spikemask.atomic import write_atomic
 from spikemask.config import RunConfig
 from spikemask.data.regions import RegionVocabulary
 from spikemask.errors import SpikemaskError
 from spikemask.masking import SCHEMES
 from spikemask.models import build_model
 
-__all__ = ["Checkpoint", "SessionInfo", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "SessionInfo",
+    "check_finite",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 FORMAT = "spikemask-checkpoint-1"
 WEIGHTS, CONFIG, VOCAB, STATE = "model.safetensors", "config.json", "vocab.json", "state.json"
@@ -83,36 +89,43 @@ def _digest(config: dict[str, Any], vocab: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def check_finite(
+    tensors: Mapping[str, torch.Tensor],
+    where: str,
+    action: str = "refusing to write a checkpoint of a diverged model",
+) -> None:
+    """Raise :class:`SpikemaskError` naming the first tensor with a NaN or infinite value."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SpikemaskError(
+                f"{where}: weight {name!r} holds non-finite values (NaN or inf); {action}"
+            )
 
 
 def save_checkpoint(folder: str | Path, checkpoint: Checkpoint) -> Path:
-    """Write ``checkpoint`` into ``folder`` (created; existing files replaced atomically)."""
+    """Write ``checkpoint`` into ``folder`` (created; existing files replaced atomically).
+
+    Raises:
+        SpikemaskError: A weight holds NaN or inf (nothing is written then).
+    """
     folder = Path(folder)
+    tensors = {
+        k: v.detach().to("cpu").contiguous() for k, v in checkpoint.model.state_dict().items()
+    }
+    check_finite(tensors, f"checkpoint {str(folder)!r}")
     folder.mkdir(parents=True, exist_ok=True)
     config = checkpoint.config.to_dict()
     vocab = _vocab_dict(checkpoint.sessions, checkpoint.regions)
     digest = _digest(config, vocab)
-    tensors = {
-        k: v.detach().to("cpu").contiguous() for k, v in checkpoint.model.state_dict().items()
-    }
 
     def write_json(values: dict[str, Any]):
         return lambda tmp: Path(tmp).write_text(json.dumps(values, indent=1))
 
-    _write_atomic(folder / CONFIG, write_json(config))
-    _write_atomic(folder / VOCAB, write_json(vocab))
-    _write_atomic(folder / STATE, write_json(checkpoint.state))
+    write_atomic(folder / CONFIG, write_json(config))
+    write_atomic(folder / VOCAB, write_json(vocab))
+    write_atomic(folder / STATE, write_json(checkpoint.state))
     metadata = {"format": FORMAT, "digest": digest}
-    _write_atomic(folder / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    write_atomic(folder / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return folder
 
 
@@ -120,9 +133,30 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SpikemaskError(f"checkpoint file {str(path)!r} is missing")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SpikemaskError(f"checkpoint file {str(path)!r} is corrupted ({err})") from None
+    if not isinstance(values, dict):
+        raise SpikemaskError(
+            f"checkpoint file {str(path)!r} is corrupted (expected a JSON object, got "
+            f"{type(values).__name__})"
+        )
+    return values
+
+
+def _session_infos(vocab: dict[str, Any], path: Path) -> dict[str, SessionInfo]:
+    try:
+        return {
+            s["session_id"]: SessionInfo(
+                str(s["session_id"]), tuple(s["unit_ids"]), tuple(s["unit_regions"])
+            )
+            for s in vocab.get("sessions", [])
+        }
+    except (KeyError, TypeError) as err:
+        raise SpikemaskError(
+            f"checkpoint file {str(path)!r} is corrupted (each entry of 'sessions' needs "
+            f"session_id, unit_ids and unit_regions; {type(err).__name__}: {err})"
+        ) from None
 
 
 def load_checkpoint(folder: str | Path, *, map_location: str = "cpu") -> Checkpoint:
@@ -139,13 +173,13 @@ def load_checkpoint(folder: str | Path, *, map_location: str = "cpu") -> Checkpo
     vocab = _read_json(folder / VOCAB)
     state = _read_json(folder / STATE) if (folder / STATE).is_file() else {}
     config = RunConfig.from_dict(config_values, where=str(folder / CONFIG))
-    sessions = {
-        s["session_id"]: SessionInfo(
-            s["session_id"], tuple(s["unit_ids"]), tuple(s["unit_regions"])
-        )
-        for s in vocab.get("sessions", [])
-    }
-    regions = RegionVocabulary.from_list(vocab.get("regions", []))
+    sessions = _session_infos(vocab, folder / VOCAB)
+    try:
+        regions = RegionVocabulary.from_list(vocab.get("regions", []))
+    except (TypeError, ValueError) as err:
+        raise SpikemaskError(
+            f"checkpoint file {str(folder / VOCAB)!r} is corrupted (bad 'regions': {err})"
+        ) from None
     tensors = _load_weights(folder / WEIGHTS, _digest(config_values, vocab))
     model = build_model(
         config.model,
@@ -185,4 +219,9 @@ def _load_weights(path: Path, digest: str) -> dict[str, torch.Tensor]:
             f"checkpoint {str(path.parent)!r}: the weights belong to a different config or "
             "vocabulary than config.json / vocab.json (mismatched or partly overwritten folder)"
         )
+    check_finite(
+        tensors,
+        f"checkpoint {str(path.parent)!r}",
+        "the model diverged before it was saved; use another checkpoint or retrain",
+    )
     return tensors

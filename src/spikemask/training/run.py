@@ -6,15 +6,19 @@ A run folder holds::
     config.yaml               the resolved configuration
     checkpoints/best/         safetensors checkpoint with the lowest validation loss
     checkpoints/last/         safetensors checkpoint of the latest epoch
-    checkpoints/trainer/      Lightning's resume state (optimiser, schedule, loop counters)
+    checkpoints/trainer/      Lightning's resume state (optimiser, schedule, loop counters,
+                              data position), written every checkpoint interval
     logs/csv/version_*/       CSV logs (one version per start; a resumed run adds one)
     logs/tensorboard/         TensorBoard logs
+    .lock                     while a process writes the folder: its pid and host
+
+See :mod:`spikemask.training.resume` (resume state, signals, divergence guard) and
+:mod:`spikemask.training.rundir` (lock, cleanup of failed starts).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -27,8 +31,7 @@ from typing import Any
 
 import lightning as L
 import torch
-import yaml
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
@@ -41,14 +44,20 @@ from spikemask.data.session import Session
 from spikemask.errors import SpikemaskError
 from spikemask.masking import SCHEMES
 from spikemask.models import build_model
-from spikemask.training.batches import SessionBatchSampler, SessionTrialsDataset, mean_log_rate
-from spikemask.training.checkpoint import Checkpoint, SessionInfo, save_checkpoint
+from spikemask.training.batches import (
+    ResumableLoader,
+    SessionBatchSampler,
+    SessionTrialsDataset,
+    mean_log_rate,
+)
+from spikemask.training.checkpoint import SessionInfo
+from spikemask.training.model_folder import ModelFolderCheckpoint
 from spikemask.training.module import MtMModule
 from spikemask.training.progress import progress_bar
+from spikemask.training.resume import DivergenceGuard, ResumeCheckpoint, StopSignals
+from spikemask.training.rundir import RESUME_DIR, RunFolder
 
 __all__ = ["TrainResult", "build_dataloader", "fit", "init_unit_rates", "session_info", "train"]
-
-RESUME_DIR = Path("checkpoints") / "trainer"
 
 
 @dataclass(frozen=True)
@@ -75,62 +84,6 @@ def session_info(session: Session) -> SessionInfo:
     return SessionInfo(session.session_id, session.unit_ids, session.unit_regions)
 
 
-class ModelFolderCheckpoint(Callback):
-    """Writes safetensors checkpoints ``best`` and ``last`` (rank 0 only)."""
-
-    def __init__(
-        self,
-        run_dir: Path,
-        config: RunConfig,
-        sessions: dict[str, SessionInfo],
-        regions: RegionVocabulary,
-    ) -> None:
-        self.run_dir = run_dir
-        self.config = config
-        self.sessions = sessions
-        self.regions = regions
-        self.best = math.inf
-        self.null = math.nan
-
-    def _save(self, name: str, trainer: L.Trainer, module: MtMModule, val: float) -> None:
-        state = {
-            "epoch": trainer.current_epoch,
-            "step": trainer.global_step,
-            "val_loss": val,
-            "val_null_loss": self.null,
-        }
-        checkpoint = Checkpoint(module.model, self.config, self.sessions, self.regions, state)
-        with module.averaged_weights():  # the weights that were validated
-            save_checkpoint(self.run_dir / "checkpoints" / name, checkpoint)
-
-    def on_validation_end(self, trainer: L.Trainer, module: MtMModule) -> None:
-        if trainer.sanity_checking:
-            return
-        metric = trainer.callback_metrics.get("val_loss")
-        val = float(metric) if metric is not None else math.nan
-        null = trainer.callback_metrics.get("val_null_loss")
-        self.null = float(null) if null is not None else math.nan
-        if trainer.is_global_zero:
-            self._save("last", trainer, module, val)
-            if val < self.best:
-                self._save("best", trainer, module, val)
-        if val < self.best:
-            self.best = val
-
-    def on_train_end(self, trainer: L.Trainer, module: MtMModule) -> None:
-        if trainer.is_global_zero:
-            self._save("last", trainer, module, self.best)
-            if not (self.run_dir / "checkpoints" / "best").exists():
-                self._save("best", trainer, module, self.best)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "null": self.null}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best = float(state_dict.get("best", math.inf))
-        self.null = float(state_dict.get("null", math.nan))
-
-
 def build_dataloader(
     sessions: Sequence[Session],
     region_ids: Sequence[Any],
@@ -154,7 +107,7 @@ def build_dataloader(
         seed=config.train.seed,
     )
     workers = config.data.num_workers
-    return DataLoader(
+    return ResumableLoader(
         dataset,
         sampler=sampler,
         batch_size=None,
@@ -206,6 +159,7 @@ def _quiet_lightning() -> Iterator[None]:
 
 
 def _make_trainer(run_dir: Path, config: RunConfig, callbacks: list[Callback]) -> L.Trainer:
+    """Lightning's Trainer; ``callbacks`` must include the resume-state writer."""
     cfg = config.train
     devices, num_nodes, strategy = _launch_layout(cfg)
     # version=None: a resumed run logs into version_1, version_2, ... beside the first part
@@ -217,9 +171,6 @@ def _make_trainer(run_dir: Path, config: RunConfig, callbacks: list[Callback]) -
             loggers.append(TensorBoardLogger(run_dir / "logs", name="tensorboard"))
         except (ImportError, ModuleNotFoundError):  # tensorboard is an optional extra
             pass
-    resume = ModelCheckpoint(
-        dirpath=run_dir / RESUME_DIR, save_last=True, save_top_k=0, enable_version_counter=False
-    )
     return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=cfg.max_epochs if cfg.max_epochs is not None else -1,
@@ -233,13 +184,23 @@ def _make_trainer(run_dir: Path, config: RunConfig, callbacks: list[Callback]) -
         gradient_clip_val=cfg.gradient_clip or None,
         log_every_n_steps=cfg.log_every_n_steps,
         logger=loggers,
-        callbacks=[resume, *callbacks, *([progress_bar()] if cfg.progress_bar else [])],
+        callbacks=[*callbacks, *([progress_bar()] if cfg.progress_bar else [])],
+        enable_checkpointing=False,
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
         deterministic=False,
     )
+
+
+def _check_spikes(sessions: Sequence[Session]) -> None:
+    for session in sessions:
+        if not session.split("train").spikes.any():
+            raise SpikemaskError(
+                f"session {session.session_id!r}, split 'train': every spike count is 0; "
+                "expected spikes to train on"
+            )
 
 
 def _check_regions(sessions: Sequence[Session], config: RunConfig) -> None:
@@ -257,29 +218,68 @@ def _check_regions(sessions: Sequence[Session], config: RunConfig) -> None:
             )
 
 
-def _prepare_run_dir(out: Path, config: RunConfig, record: dict[str, Any], resume: bool) -> Path:
-    out = Path(out).expanduser()
-    saved = out / "config.yaml"
-    if rank_zero_only.rank != 0:  # other DDP ranks: rank 0 checks and writes the folder
-        return out
-    if resume:
-        if not (out / RESUME_DIR / "last.ckpt").is_file():
-            raise SpikemaskError(f"--resume: {str(out)!r} holds no interrupted run to resume")
-        if yaml.safe_load(saved.read_text()) != config.to_dict():
-            raise SpikemaskError(
-                f"--resume: the configuration differs from the one saved in {str(saved)!r}; "
-                "resume with the same options or start a new --out folder"
-            )
-        return out
-    if out.exists() and any(out.iterdir()):
-        raise SpikemaskError(
-            f"output folder {str(out)!r} is not empty; choose a new --out or pass --resume "
-            "to continue an interrupted run there"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    (out / "run.json").write_text(json.dumps(record, indent=1))
-    return out
+@dataclass
+class _Parts:
+    """What one fit needs, built once the run folder is locked."""
+
+    trainer: L.Trainer
+    module: MtMModule
+    saver: ModelFolderCheckpoint
+    train_loader: DataLoader
+    val_loader: DataLoader
+
+
+def _build(
+    run_dir: Path,
+    model: nn.Module,
+    sessions: Sequence[Session],
+    regions: RegionVocabulary,
+    config: RunConfig,
+    signals: StopSignals,
+    *,
+    infos: dict[str, SessionInfo] | None,
+    trainable: list[nn.Parameter] | None,
+    callbacks: Sequence[Callback],
+) -> _Parts:
+    region_ids = [regions.encode(s.unit_regions) for s in sessions]
+    train_loader = build_dataloader(
+        sessions, region_ids, split="train", config=config, shuffle=True
+    )
+    val_loader = build_dataloader(sessions, region_ids, split="val", config=config, shuffle=False)
+    infos = infos or {s.session_id: session_info(s) for s in sessions}
+    saver = ModelFolderCheckpoint(run_dir, config, infos, regions)
+    resumer = ResumeCheckpoint(
+        run_dir / RESUME_DIR / "last.ckpt",
+        train_loader.sampler,
+        signals,
+        every_n_steps=config.train.checkpoint_every_n_steps,
+        every_minutes=config.train.checkpoint_every_minutes,
+    )
+    # 16-bit mixed precision skips steps with infinite gradients on purpose
+    guard = DivergenceGuard(
+        lr=config.train.lr, check_gradients=str(config.train.precision) != "16-mixed"
+    )
+    module = MtMModule(model, masking=config.masking, train=config.train, trainable=trainable)
+    # the guard runs first: nothing is saved after a non-finite step
+    trainer = _make_trainer(run_dir, config, [guard, saver, resumer, *callbacks])
+    return _Parts(trainer, module, saver, train_loader, val_loader)
+
+
+def _run_fit(parts: _Parts, run_dir: Path, resume: bool) -> None:
+    trainer, module = parts.trainer, parts.module
+    ckpt = run_dir / RESUME_DIR / "last.ckpt" if resume else None
+    with _quiet_lightning():
+        trainer.fit(module, parts.train_loader, parts.val_loader, ckpt_path=ckpt, weights_only=True)
+        if not math.isfinite(parts.saver.best) and not trainer.interrupted:
+            # a step or time budget ended training before any validation: validate once now
+            # so the checkpoints carry a validation loss
+            trainer.validate(module, parts.val_loader, verbose=False)
+
+
+def _has_saved_state(run_dir: Path) -> bool:
+    """Whether a failed run left something to resume from or use (then it is kept)."""
+    saved = run_dir / "checkpoints"
+    return (saved / "trainer" / "last.ckpt").is_file() or (saved / "last").is_dir()
 
 
 def fit(
@@ -296,30 +296,42 @@ def fit(
     callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Train ``model`` on ``sessions`` into run folder ``out`` (the shared core of train and
-    finetune)."""
+    finetune).
+
+    Raises:
+        SpikemaskError: Bad input, a locked or non-empty folder, or :class:`TrainingDiverged`.
+        RunInterrupted: SIGINT / SIGTERM / SIGUSR1 stopped the run (resume state saved).
+    """
+    _check_spikes(sessions)
     _check_regions(sessions, config)
-    run_dir = _prepare_run_dir(Path(out), config, record, resume)
-    region_ids = [regions.encode(s.unit_regions) for s in sessions]
-    train_loader = build_dataloader(
-        sessions, region_ids, split="train", config=config, shuffle=True
-    )
-    val_loader = build_dataloader(sessions, region_ids, split="val", config=config, shuffle=False)
-    infos = infos or {s.session_id: session_info(s) for s in sessions}
-    saver = ModelFolderCheckpoint(run_dir, config, infos, regions)
-    module = MtMModule(model, masking=config.masking, train=config.train, trainable=trainable)
-    trainer = _make_trainer(run_dir, config, [saver, *callbacks])
-    ckpt = run_dir / RESUME_DIR / "last.ckpt" if resume else None
-    start = time.perf_counter()
-    with _quiet_lightning():
-        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
-        if not math.isfinite(saver.best) and not trainer.interrupted:
-            # a step or time budget ended training before any validation: validate once now
-            # so the checkpoints carry a validation loss
-            trainer.validate(module, val_loader, verbose=False)
+    with StopSignals() as signals:
+        folder = RunFolder.open(Path(out), config, record, resume=resume, rank=rank_zero_only.rank)
+        parts: _Parts | None = None
+        start = time.perf_counter()
+        try:
+            parts = _build(
+                folder.path,
+                model,
+                sessions,
+                regions,
+                config,
+                signals,
+                infos=infos,
+                trainable=trainable,
+                callbacks=callbacks,
+            )
+            _run_fit(parts, folder.path, resume)
+        except BaseException:
+            if not resume and not _has_saved_state(folder.path):
+                folder.discard()  # nothing worth keeping: the same command can run again
+            raise
+        finally:
+            folder.release()
+    trainer = parts.trainer
     return TrainResult(
-        run_dir,
-        saver.best,
-        saver.null,
+        folder.path,
+        parts.saver.best,
+        parts.saver.null,
         trainer.current_epoch,
         trainer.global_step,
         time.perf_counter() - start,

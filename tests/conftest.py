@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from spikemask.data.session import Session, TrialSet
+
+# No test reaches the network: the Hub client answers from its cache or fails at once.
+# Set before huggingface_hub is imported anywhere (it reads the variable on import).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 STEINMETZ = SHARED_DATA / "steinmetz2019"

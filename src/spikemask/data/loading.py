@@ -54,7 +54,7 @@ def _resolve(source: str) -> Path:
         return Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=["data/*"]))
     except Exception as err:  # network / auth errors of all kinds
         raise SpikemaskError(
-            f"could not download dataset {repo_id!r} from the Hub: {err}"
+            f"could not download dataset {source!r} from the Hub: {err}"
         ) from None
 
 

@@ -35,6 +35,7 @@ def test_demo_trains_evaluates_and_reports(tmp_path, capsys):
         assert figure in text
     printed = capsys.readouterr().out
     assert "co-smoothing" in printed and "linear" in printed
+    assert "Who is ahead" in printed and "- intra-region: per unit: " in printed
 
     # a second demo into the same folder needs --force
     with pytest.raises(SpikemaskError, match="already holds demo results"):

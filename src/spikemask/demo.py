@@ -96,8 +96,41 @@ def run_demo(
     write_text_atomic(out / "results.json", json.dumps(results, indent=1))
     report = write_report(results, out, predictions=predictions)
     _say("\n" + markdown_table(results))
+    _say("\n" + leaders(results))
     _say(f"\nDone in {(time.perf_counter() - started) / 60:.1f} min. Report: {report}")
     return report
+
+
+ACTIVITY = (
+    ("co_smoothing", "co-smoothing"),
+    ("forward_prediction", "forward prediction"),
+    ("inter_region", "inter-region"),
+    ("intra_region", "intra-region"),
+)
+
+
+def leaders(results: dict) -> str:
+    """One line per activity task: the model ahead per unit and pooled, with the margin.
+
+    Bits per spike below 0 mean worse than each unit's own mean rate on the test trials.
+    """
+    lines = ["Who is ahead (bits per spike on the test split; mean over units, then pooled):"]
+    for key, title in ACTIVITY:
+        parts = []
+        for metric, label in (("bps", "per unit"), ("bps_pooled", "pooled")):
+            scores = {}
+            for name, result in results.items():
+                entry = next(iter(result["sessions"].values()), {}).get(key, {})
+                if entry.get(metric) is not None:
+                    scores[name] = entry[metric]
+            if len(scores) < 2:
+                continue
+            ranked = sorted(scores, key=scores.get, reverse=True)
+            margin = scores[ranked[0]] - scores[ranked[1]]
+            parts.append(f"{label}: {ranked[0]} (+{margin:.3f} over {ranked[1]})")
+        if parts:
+            lines.append(f"- {title}: " + "; ".join(parts))
+    return "\n".join(lines)
 
 
 def _prepare(out: Path, force: bool) -> None:

@@ -99,6 +99,11 @@ def test_ema_decay_must_be_in_range(value: float) -> None:
         load_config(sets=[f"train.ema_decay={value}"])
 
 
+def test_readout_l2_must_not_be_negative() -> None:
+    with pytest.raises(SpikemaskError, match="readout_l2"):
+        load_config(sets=["train.readout_l2=-0.01"])
+
+
 def test_the_default_recipe_turns_the_regularisers_on() -> None:
     for preset in ("small", "paper"):
         train_config = run_preset(preset).train

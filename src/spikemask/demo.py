@@ -101,21 +101,15 @@ def run_demo(
     return report
 
 
-ACTIVITY = (
-    ("co_smoothing", "co-smoothing"),
-    ("forward_prediction", "forward prediction"),
-    ("inter_region", "inter-region"),
-    ("intra_region", "intra-region"),
-)
-
-
 def leaders(results: dict) -> str:
     """One line per activity task: the model ahead per unit and pooled, with the margin.
 
     Bits per spike below 0 mean worse than each unit's own mean rate on the test trials.
     """
+    from spikemask.evaluation.tasks import ACTIVITY_TASKS
+
     lines = ["Who is ahead (bits per spike on the test split; mean over units, then pooled):"]
-    for key, title in ACTIVITY:
+    for title, (key, _scheme, _causal) in ACTIVITY_TASKS.items():
         parts = []
         for metric, label in (("bps", "per unit"), ("bps_pooled", "pooled")):
             scores = {}

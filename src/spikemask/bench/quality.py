@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from spikemask.bench.quality_report import plot_quality, quality_table
 from spikemask.config import RunConfig, load_config
 from spikemask.data.session import Session
 from spikemask.errors import SpikemaskError
@@ -38,7 +37,6 @@ from spikemask.evaluation.engine import mean_over_sessions
 __all__ = ["MODELS", "QualityConfig", "group_sessions", "run_quality_benchmark"]
 
 MODELS = ("MtM scratch", "temporal scratch", "MtM pre-trained", "linear")
-ACTIVITY = ("co_smoothing", "forward_prediction", "inter_region", "intra_region")
 DEFAULT_TASKS = ("co-smoothing", "forward-prediction", "inter-region", "intra-region", "choice")
 
 
@@ -280,8 +278,6 @@ def write_outputs(
     timings: dict[str, float],
 ) -> dict[str, Any]:
     """Write ``results.json``, ``table.md`` and ``quality.png``; return the summary."""
-    from spikemask.bench.quality_report import plot_quality, quality_table
-
     for result in results.values():
         result["mean"] = mean_over_sessions(result["sessions"])
     summary = {
@@ -295,20 +291,3 @@ def write_outputs(
     if results:
         plot_quality(results, groups_of, out / "quality.png")
     return summary
-
-
-def group_means(
-    results: dict[str, dict[str, Any]], groups_of: dict[str, str], task: str, metric: str
-) -> dict[str, dict[str, float]]:
-    """Group -> model -> mean of ``metric`` of ``task`` over the group's sessions."""
-    table: dict[str, dict[str, float]] = {}
-    for name, result in results.items():
-        for session_id, entry in result["sessions"].items():
-            value = entry.get(task, {}).get(metric)
-            if value is not None:
-                group = groups_of[session_id]
-                table.setdefault(group, {}).setdefault(name, []).append(value)  # type: ignore[arg-type]
-    return {
-        g: {name: float(np.mean(values)) for name, values in models.items()}  # type: ignore[arg-type]
-        for g, models in table.items()
-    }

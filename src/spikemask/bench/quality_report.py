@@ -8,16 +8,13 @@ from typing import Any
 import numpy as np
 
 from spikemask.evaluation.report import markdown_table
+from spikemask.evaluation.tasks import ACTIVITY_TASKS
 
-__all__ = ["plot_quality", "quality_table", "win_counts"]
+__all__ = ["group_means", "plot_quality", "quality_table", "win_counts"]
 
-ACTIVITY = ("co_smoothing", "forward_prediction", "inter_region", "intra_region")
-TITLES = {
-    "co_smoothing": "co-smoothing",
-    "forward_prediction": "forward prediction",
-    "inter_region": "inter-region",
-    "intra_region": "intra-region",
-}
+#: JSON key -> title of every activity task, in the evaluation's order
+TITLES = {key: name for name, (key, _scheme, _causal) in ACTIVITY_TASKS.items()}
+ACTIVITY = tuple(TITLES)
 #: (first model, second model): the comparisons the benchmark exists to answer
 COMPARISONS = (
     ("MtM scratch", "linear"),
@@ -27,12 +24,20 @@ COMPARISONS = (
 )
 
 
-def _group_means(
+def group_means(
     results: dict[str, dict[str, Any]], groups_of: dict[str, str], task: str, metric: str
 ) -> dict[str, dict[str, float]]:
-    from spikemask.bench.quality import group_means
-
-    return group_means(results, groups_of, task, metric)
+    """Group -> model -> mean of ``metric`` of ``task`` over the group's sessions."""
+    values: dict[str, dict[str, list[float]]] = {}
+    for name, result in results.items():
+        for session_id, entry in result["sessions"].items():
+            value = entry.get(task, {}).get(metric)
+            if value is not None:
+                values.setdefault(groups_of[session_id], {}).setdefault(name, []).append(value)
+    return {
+        group: {name: float(np.mean(v)) for name, v in models.items()}
+        for group, models in values.items()
+    }
 
 
 def _fmt(value: float | None) -> str:
@@ -43,9 +48,9 @@ def _group_rows(results, groups_of) -> list[str]:
     groups = list(dict.fromkeys(groups_of.values()))
     header = ["held out", "model", *(TITLES[t] for t in ACTIVITY), "choice acc"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    per_unit = {t: _group_means(results, groups_of, t, "bps") for t in ACTIVITY}
-    pooled = {t: _group_means(results, groups_of, t, "bps_pooled") for t in ACTIVITY}
-    choice = _group_means(results, groups_of, "choice", "accuracy")
+    per_unit = {t: group_means(results, groups_of, t, "bps") for t in ACTIVITY}
+    pooled = {t: group_means(results, groups_of, t, "bps_pooled") for t in ACTIVITY}
+    choice = group_means(results, groups_of, "choice", "accuracy")
     for group in groups:
         for name in results:
             cells = [
@@ -68,7 +73,7 @@ def win_counts(
             continue
         for task in ACTIVITY:
             for metric in ("bps", "bps_pooled"):
-                means = _group_means(results, groups_of, task, metric)
+                means = group_means(results, groups_of, task, metric)
                 pairs = [
                     (m[first], m[second]) for m in means.values() if first in m and second in m
                 ]
@@ -118,7 +123,7 @@ def plot_quality(results: dict[str, dict[str, Any]], groups_of: dict[str, str], 
     for column, task in enumerate(ACTIVITY):
         for row, metric in enumerate(("bps", "bps_pooled")):
             ax = axes[row, column]
-            means = _group_means(results, groups_of, task, metric)
+            means = group_means(results, groups_of, task, metric)
             for index, name in enumerate(names):
                 values = [means.get(g, {}).get(name, np.nan) for g in groups]
                 positions = np.arange(len(groups)) + (index - (len(names) - 1) / 2) * width

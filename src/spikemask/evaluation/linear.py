@@ -20,7 +20,7 @@ import torch
 
 from spikemask.errors import SpikemaskError
 
-__all__ = ["LinearBaselineConfig", "check_counts", "pca_features", "smooth_counts"]
+__all__ = ["LinearBaselineConfig", "pca_features", "smooth_counts"]
 
 
 @dataclass
@@ -108,14 +108,6 @@ def smooth_counts(spikes: Any, sd_bins: float, *, causal: bool = False) -> np.nd
             smoothed[:, :lag] += weight * counts[:, -lag:]
             norm[:lag] += weight
     return smoothed / norm[None, :, None]
-
-
-def check_counts(spikes: Any, name: str) -> np.ndarray:
-    """``spikes`` as a float64 (K, T, N) array of non-negative counts, else a clear error."""
-    counts = _as_float_array(spikes, name, 3)
-    if np.any(counts < 0):
-        raise SpikemaskError(f"`{name}` must be non-negative counts (K, T, N)")
-    return counts
 
 
 def pca_features(

@@ -223,11 +223,16 @@ def run_quality_benchmark(
     config = config or QualityConfig()
     groups = group_sessions(sessions, config.held_out_by)
     held = list(config.held_out) if config.held_out else list(groups)
-    unknown = [g for g in held if g not in groups]
-    if unknown or len(groups) < 2:
+    if len(groups) < 2:
         raise SpikemaskError(
-            f"held-out group(s) {unknown or held} among {sorted(groups)} by "
-            f"{config.held_out_by!r}; expected known groups and at least two groups"
+            f"all sessions belong to one {config.held_out_by!r} group {sorted(groups)}; holding "
+            "one out needs sessions of at least two groups to pre-train on"
+        )
+    unknown = [g for g in held if g not in groups]
+    if unknown:
+        raise SpikemaskError(
+            f"held-out group(s) {unknown} are not among the sessions' "
+            f"{config.held_out_by!r} values {sorted(groups)}"
         )
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)

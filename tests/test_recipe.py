@@ -52,7 +52,7 @@ def test_readout_penalty_is_zero_at_the_mean_rate_model_and_grows_with_the_weigh
         read_out.weight.fill_(0.1)  # (6, 32): |w_n|^2 = 32 * 0.01
         read_out.bias.add_(0.2)
     expected = 0.5 * 0.5 * (32 * 0.01 + 0.2**2)  # mean over units of |w_n|^2 + drift^2
-    assert float(module.readout_penalty("s", start)) == pytest.approx(expected, rel=1e-5)
+    assert float(module.readout_penalty("s", start).detach()) == pytest.approx(expected, rel=1e-5)
 
 
 def test_readout_penalty_of_ndt2_pulls_unit_offsets_to_their_start() -> None:

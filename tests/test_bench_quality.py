@@ -85,3 +85,39 @@ def test_bench_quality_cli_checks_its_flags(tmp_path, capsys) -> None:
         ["bench", "quality", str(tmp_path), "--out", str(tmp_path / "o"), "--set", "model.nope=1"]
     )
     assert code == 2 and "unknown key 'nope'" in capsys.readouterr().err
+
+
+def test_quality_benchmark_parts_spread_over_processes_join(tmp_path) -> None:
+    """Pre-training, per-session models and fine-tuning as separate calls, then joined."""
+    base = QualityConfig(steps=2, pretrain_steps=2, sets=tuple(TINY_MODEL), tasks=TASKS)
+    sessions = _sessions()
+    with pytest.raises(SpikemaskError, match="has not finished; run the benchmark with"):
+        run_quality_benchmark(
+            sessions, tmp_path, replace(base, held_out=("bob",), parts=("finetune",))
+        )
+    lines: list[str] = []
+    run_quality_benchmark(
+        sessions, tmp_path, replace(base, parts=("pretrain",)), log=lines.append
+    )
+    assert not (tmp_path / "results.json").exists()  # a part writes no joined outputs
+    for session_id in ("s0", "s2"):
+        run_quality_benchmark(
+            sessions,
+            tmp_path,
+            replace(base, parts=("mtm", "temporal", "finetune", "linear"), sessions=(session_id,)),
+            log=lines.append,
+        )
+    assert len([line for line in lines if line.endswith("...")]) == 2 + 2 * 3 + 2
+    assert (tmp_path / "runs" / "ann" / "s0" / "mtm-scratch" / "bench-finished.json").is_file()
+    joined: list[str] = []
+    summary = run_quality_benchmark(
+        sessions, tmp_path, replace(base, table_only=True), log=joined.append
+    )
+    assert joined == ["s1 (ann): not finished, left out"]
+    assert sorted(summary["models"]["MtM pre-trained"]["sessions"]) == ["s0", "s2"]
+    with pytest.raises(SpikemaskError, match=r"session\(s\) \['s9'\] are not among"):
+        run_quality_benchmark(sessions, tmp_path, replace(base, sessions=("s9",)))
+    with pytest.raises(SpikemaskError, match="expected some of"):
+        replace(base, parts=("pretrain", "bogus"))
+    with pytest.raises(SpikemaskError, match="expected auto, cpu, cuda"):
+        replace(base, device="gpu0")

@@ -47,11 +47,29 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="train nothing: tabulate what finished in --out (e.g. one process per group)",
     )
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        metavar="PART",
+        help="run only these parts (pretrain, mtm, temporal, finetune, linear; default all), "
+        "e.g. to spread one benchmark over processes; then join with --table-only",
+    )
+    p.add_argument(
+        "--sessions", nargs="+", metavar="ID", help="held-out session ids to run (default all)"
+    )
+    p.add_argument(
+        "--device", default="auto", help="where models are evaluated (default auto: a GPU if any)"
+    )
     cli_more.COMMANDS["bench"] = cmd_bench
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from spikemask.bench.quality import DEFAULT_TASKS, QualityConfig, run_quality_benchmark
+    from spikemask.bench.quality import (
+        DEFAULT_TASKS,
+        PARTS,
+        QualityConfig,
+        run_quality_benchmark,
+    )
     from spikemask.config import load_config
     from spikemask.data.loading import load_sessions
     from spikemask.errors import SpikemaskError
@@ -73,9 +91,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         tasks=tuple(tasks),
         seed=args.seed,
         table_only=args.table_only,
+        parts=tuple(args.parts) if args.parts else PARTS,
+        sessions=tuple(args.sessions) if args.sessions else None,
+        device=args.device,
     )
     sessions = load_sessions(args.data)
     run_quality_benchmark(sessions, args.out, config, log=lambda line: print(line, flush=True))
+    if config.partial:
+        return 0
     print((args.out / "table.md").read_text())
     print(f"results        {args.out / 'results.json'}\nfigure         {args.out / 'quality.png'}")
     return 0

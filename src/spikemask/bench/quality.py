@@ -34,9 +34,11 @@ from spikemask.data.session import Session
 from spikemask.errors import SpikemaskError
 from spikemask.evaluation.engine import mean_over_sessions
 
-__all__ = ["MODELS", "QualityConfig", "group_sessions", "run_quality_benchmark"]
+__all__ = ["MODELS", "PARTS", "QualityConfig", "group_sessions", "run_quality_benchmark"]
 
 MODELS = ("MtM scratch", "temporal scratch", "MtM pre-trained", "linear")
+#: The pieces of work of one held-out group, selectable to spread a benchmark over processes.
+PARTS = ("pretrain", "mtm", "temporal", "finetune", "linear")
 DEFAULT_TASKS = ("co-smoothing", "forward-prediction", "inter-region", "intra-region", "choice")
 
 
@@ -56,6 +58,12 @@ class QualityConfig:
         seed: Seed of every run.
         table_only: Train and evaluate nothing: collect what earlier runs into the same
             folder finished (e.g. one process per held-out group) and write the outputs.
+        parts: Which of :data:`PARTS` to run (default all). ``finetune`` needs the group's
+            ``pretrain`` finished (by this or an earlier process).
+        sessions: Held-out session ids to run (default every session of the held-out
+            groups); the pre-training is per group and ignores it.
+        device: Where models are evaluated: ``auto`` (a GPU when there is one), ``cpu``,
+            ``cuda``, ... Training picks its accelerator through ``train.accelerator``.
     """
 
     steps: int = 3000
@@ -68,6 +76,31 @@ class QualityConfig:
     tasks: tuple[str, ...] = DEFAULT_TASKS
     seed: int = 0
     table_only: bool = False
+    parts: tuple[str, ...] = PARTS
+    sessions: tuple[str, ...] | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.parts = tuple(self.parts)
+        unknown = [part for part in self.parts if part not in PARTS]
+        if unknown or not self.parts:
+            raise SpikemaskError(
+                f"benchmark parts {list(self.parts)}; expected some of {list(PARTS)}"
+            )
+        if self.device != "auto":
+            import torch
+
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as err:
+                raise SpikemaskError(
+                    f"device {self.device!r}; expected auto, cpu, cuda or cuda:N"
+                ) from err
+
+    @property
+    def partial(self) -> bool:
+        """True when this process runs only a share of the benchmark."""
+        return set(self.parts) != set(PARTS) or self.sessions is not None
 
     def run_config(self, masking: str, steps: int, sampling: str = "proportional") -> RunConfig:
         """The configuration of one trained model."""
@@ -103,8 +136,36 @@ def group_sessions(sessions: Sequence[Session], key: str) -> dict[str, list[Sess
     return groups
 
 
+def _resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+_FINISHED = "bench-finished.json"
+
+
 def _done(run: Path) -> bool:
-    return (run / "checkpoints" / "best" / "model.safetensors").is_file()
+    """Whether the benchmark finished training ``run`` (a killed run is resumed, not used)."""
+    return (run / _FINISHED).is_file() and (
+        run / "checkpoints" / "best" / "model.safetensors"
+    ).is_file()
+
+
+def _resumable(run: Path) -> bool:
+    from spikemask.training.rundir import RESUME_DIR
+
+    return (run / RESUME_DIR / "last.ckpt").is_file()
+
+
+def _finished(run: Path, result: Any) -> None:
+    if getattr(result, "interrupted", False):
+        raise SpikemaskError(f"training into {run} was interrupted; run the benchmark again")
+    (run / _FINISHED).write_text(
+        json.dumps({"steps": result.steps, "seconds": round(result.elapsed_s, 1)}) + "\n"
+    )
 
 
 class _Bench:
@@ -128,7 +189,10 @@ class _Bench:
 
         path = run / "evaluation.json"
         if not path.is_file():
-            result = evaluate(run, [session], tasks=self.config.tasks, progress=False)
+            from spikemask.api import load_run
+
+            model = load_run(run, device=_resolve_device(self.config.device))
+            result = evaluate(model, [session], tasks=self.config.tasks, progress=False)
             path.write_text(json.dumps(result, indent=1))
         return json.loads(path.read_text())
 
@@ -168,7 +232,7 @@ def _train_scratch(bench: _Bench, session: Session, group: str, masking: str) ->
         config = bench.config.run_config(masking, bench.config.steps)
         bench.timed(
             f"{masking} from scratch on {session.session_id}",
-            lambda: train([session], run, config=config),
+            lambda: _finished(run, train([session], run, config=config, resume=_resumable(run))),
         )
     return run
 
@@ -181,7 +245,7 @@ def _pretrain(bench: _Bench, group: str, others: list[Session]) -> Path:
         config = bench.config.run_config("mtm", bench.config.pretrain_steps, "balanced")
         bench.timed(
             f"MtM pre-training without {group} ({len(others)} sessions)",
-            lambda: train(others, run, config=config),
+            lambda: _finished(run, train(others, run, config=config, resume=_resumable(run))),
         )
     return run
 
@@ -194,8 +258,16 @@ def _finetune(bench: _Bench, pretrained: Path, session: Session, group: str) -> 
         config = bench.config.run_config("mtm", bench.config.steps)
         bench.timed(
             f"MtM fine-tuning on {session.session_id}",
-            lambda: finetune(
-                pretrained, [session], run, mode=bench.config.finetune_mode, config=config
+            lambda: _finished(
+                run,
+                finetune(
+                    pretrained,
+                    [session],
+                    run,
+                    mode=bench.config.finetune_mode,
+                    config=config,
+                    resume=_resumable(run),
+                ),
             ),
         )
     return run
@@ -241,20 +313,46 @@ def run_quality_benchmark(
         for group in held:
             _collect(bench, group, groups[group])
         return write_outputs(bench.results, bench.groups_of, out, config, bench.timings)
+    selected = set(config.sessions) if config.sessions is not None else None
+    if selected is not None:
+        known = {s.session_id for group in held for s in groups[group]}
+        missing = sorted(selected - known)
+        if missing:
+            raise SpikemaskError(
+                f"session(s) {missing} are not among the held-out groups' sessions "
+                f"{sorted(known)}"
+            )
+    parts = set(config.parts)
     for group in held:
         others = [s for g, members in groups.items() if g != group for s in members]
-        pretrained = _pretrain(bench, group, others)
+        pretrained = bench.out / "runs" / group / "pretrain-mtm"
+        if "pretrain" in parts:
+            pretrained = _pretrain(bench, group, others)
         for session in groups[group]:
+            if selected is not None and session.session_id not in selected:
+                continue
             for masking, name in (("mtm", "MtM scratch"), ("temporal", "temporal scratch")):
-                bench.add(
-                    name,
-                    group,
-                    bench.evaluate(_train_scratch(bench, session, group, masking), session),
-                )
-            tuned = _finetune(bench, pretrained, session, group)
-            bench.add("MtM pre-trained", group, bench.evaluate(tuned, session))
-            bench.add("linear", group, bench.linear(session))
-            write_outputs(bench.results, bench.groups_of, out, config, bench.timings)
+                if masking in parts:
+                    bench.add(
+                        name,
+                        group,
+                        bench.evaluate(_train_scratch(bench, session, group, masking), session),
+                    )
+            if "finetune" in parts:
+                if not _done(pretrained) or not (pretrained / "run.json").is_file():
+                    raise SpikemaskError(
+                        f"the pre-training without {group} ({pretrained}) has not finished; "
+                        "run the benchmark with --parts pretrain first"
+                    )
+                tuned = _finetune(bench, pretrained, session, group)
+                bench.add("MtM pre-trained", group, bench.evaluate(tuned, session))
+            if "linear" in parts:
+                bench.add("linear", group, bench.linear(session))
+            if not config.partial:
+                write_outputs(bench.results, bench.groups_of, out, config, bench.timings)
+    if config.partial:  # other processes write into the same folder: --table-only joins
+        bench.log("part done; join the parts with --table-only")
+        return {"models": bench.results, "groups": bench.groups_of, "timings_s": bench.timings}
     return write_outputs(bench.results, bench.groups_of, out, config, bench.timings)
 
 
@@ -288,7 +386,11 @@ def write_outputs(
     summary = {
         "models": results,
         "groups": groups_of,
-        "config": {k: v for k, v in vars(config).items() if k != "table_only"},
+        "config": {
+            k: v
+            for k, v in vars(config).items()
+            if k not in ("table_only", "parts", "sessions", "device")
+        },
         "timings_s": timings,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1, default=list))

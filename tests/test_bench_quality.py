@@ -96,9 +96,7 @@ def test_quality_benchmark_parts_spread_over_processes_join(tmp_path) -> None:
             sessions, tmp_path, replace(base, held_out=("bob",), parts=("finetune",))
         )
     lines: list[str] = []
-    run_quality_benchmark(
-        sessions, tmp_path, replace(base, parts=("pretrain",)), log=lines.append
-    )
+    run_quality_benchmark(sessions, tmp_path, replace(base, parts=("pretrain",)), log=lines.append)
     assert not (tmp_path / "results.json").exists()  # a part writes no joined outputs
     for session_id in ("s0", "s2"):
         run_quality_benchmark(

@@ -294,6 +294,30 @@ def run_quality_benchmark(
     """
     config = config or QualityConfig()
     groups = group_sessions(sessions, config.held_out_by)
+    held = _check_selection(groups, config)
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    bench = _Bench(out, config, log)
+    if config.table_only:
+        for group in held:
+            _collect(bench, group, groups[group])
+        return write_outputs(bench.results, bench.groups_of, out, config, bench.timings)
+    for group in held:
+        others = [s for g, members in groups.items() if g != group for s in members]
+        pretrained = bench.out / "runs" / group / "pretrain-mtm"
+        if "pretrain" in config.parts:
+            pretrained = _pretrain(bench, group, others)
+        for session in groups[group]:
+            if config.sessions is None or session.session_id in config.sessions:
+                _run_session(bench, session, group, pretrained)
+    if config.partial:  # other processes write into the same folder: --table-only joins
+        bench.log("part done; join the parts with --table-only")
+        return {"models": bench.results, "groups": bench.groups_of, "timings_s": bench.timings}
+    return write_outputs(bench.results, bench.groups_of, out, config, bench.timings)
+
+
+def _check_selection(groups: dict[str, list[Session]], config: QualityConfig) -> list[str]:
+    """The held-out groups, after checking the groups and sessions asked for exist."""
     held = list(config.held_out) if config.held_out else list(groups)
     if len(groups) < 2:
         raise SpikemaskError(
@@ -306,54 +330,35 @@ def run_quality_benchmark(
             f"held-out group(s) {unknown} are not among the sessions' "
             f"{config.held_out_by!r} values {sorted(groups)}"
         )
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    bench = _Bench(out, config, log)
-    if config.table_only:
-        for group in held:
-            _collect(bench, group, groups[group])
-        return write_outputs(bench.results, bench.groups_of, out, config, bench.timings)
-    selected = set(config.sessions) if config.sessions is not None else None
-    if selected is not None:
+    if config.sessions is not None:
         known = {s.session_id for group in held for s in groups[group]}
-        missing = sorted(selected - known)
+        missing = sorted(set(config.sessions) - known)
         if missing:
             raise SpikemaskError(
-                f"session(s) {missing} are not among the held-out groups' sessions "
-                f"{sorted(known)}"
+                f"session(s) {missing} are not among the held-out groups' sessions {sorted(known)}"
             )
-    parts = set(config.parts)
-    for group in held:
-        others = [s for g, members in groups.items() if g != group for s in members]
-        pretrained = bench.out / "runs" / group / "pretrain-mtm"
-        if "pretrain" in parts:
-            pretrained = _pretrain(bench, group, others)
-        for session in groups[group]:
-            if selected is not None and session.session_id not in selected:
-                continue
-            for masking, name in (("mtm", "MtM scratch"), ("temporal", "temporal scratch")):
-                if masking in parts:
-                    bench.add(
-                        name,
-                        group,
-                        bench.evaluate(_train_scratch(bench, session, group, masking), session),
-                    )
-            if "finetune" in parts:
-                if not _done(pretrained) or not (pretrained / "run.json").is_file():
-                    raise SpikemaskError(
-                        f"the pre-training without {group} ({pretrained}) has not finished; "
-                        "run the benchmark with --parts pretrain first"
-                    )
-                tuned = _finetune(bench, pretrained, session, group)
-                bench.add("MtM pre-trained", group, bench.evaluate(tuned, session))
-            if "linear" in parts:
-                bench.add("linear", group, bench.linear(session))
-            if not config.partial:
-                write_outputs(bench.results, bench.groups_of, out, config, bench.timings)
-    if config.partial:  # other processes write into the same folder: --table-only joins
-        bench.log("part done; join the parts with --table-only")
-        return {"models": bench.results, "groups": bench.groups_of, "timings_s": bench.timings}
-    return write_outputs(bench.results, bench.groups_of, out, config, bench.timings)
+    return held
+
+
+def _run_session(bench: _Bench, session: Session, group: str, pretrained: Path) -> None:
+    """This process's parts of the benchmark on one held-out session."""
+    parts = bench.config.parts
+    for masking, name in (("mtm", "MtM scratch"), ("temporal", "temporal scratch")):
+        if masking in parts:
+            run = _train_scratch(bench, session, group, masking)
+            bench.add(name, group, bench.evaluate(run, session))
+    if "finetune" in parts:
+        if not _done(pretrained):
+            raise SpikemaskError(
+                f"the pre-training without {group} ({pretrained}) has not finished; "
+                "run the benchmark with --parts pretrain first"
+            )
+        tuned = _finetune(bench, pretrained, session, group)
+        bench.add("MtM pre-trained", group, bench.evaluate(tuned, session))
+    if "linear" in parts:
+        bench.add("linear", group, bench.linear(session))
+    if not bench.config.partial:
+        write_outputs(bench.results, bench.groups_of, bench.out, bench.config, bench.timings)
 
 
 def _collect(bench: _Bench, group: str, sessions: list[Session]) -> None:

@@ -43,6 +43,7 @@ def add_prepare_command(sub: argparse._SubParsersAction) -> None:
     ibl.add_argument("--bin-size", type=float, default=0.02, help="seconds (default 0.02)")
     ibl.add_argument("--regions", choices=("Allen", "Beryl", "Cosmos"), default="Allen")
     ibl.add_argument("--seed", type=int, default=0, help="seed of the 70/10/20 split")
+    _add_unit_filters(ibl)
 
     nwb = kinds.add_parser("nwb", help="an NWB file (extra: nwb)")
     nwb.add_argument("file", type=Path)
@@ -74,6 +75,26 @@ def add_prepare_command(sub: argparse._SubParsersAction) -> None:
     nwb.add_argument("--seed", type=int, default=0)
 
 
+def _add_unit_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--good-units",
+        action="store_true",
+        help="keep only units with IBL QC label 1 (clusters.metrics label == 1, 'good')",
+    )
+    parser.add_argument(
+        "--min-rate",
+        type=float,
+        metavar="HZ",
+        help="keep only units firing at least HZ spikes/s inside the kept trial windows",
+    )
+
+
+def _print_units_dropped(report: object) -> None:
+    dropped = getattr(report, "units_dropped", None)
+    if dropped:
+        print("   units dropped: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+
+
 def _eids(path: Path) -> list[str]:
     if not path.is_file():
         raise SpikemaskError(f"eid list {str(path)!r} does not exist")
@@ -93,6 +114,8 @@ def _cmd_ibl(args: argparse.Namespace) -> int:
         bin_size_s=args.bin_size,
         region_mapping=args.regions,
         seed=args.seed,
+        good_units_only=args.good_units,
+        min_rate_hz=args.min_rate,
     )
     if args.eid:
         one = make_one(args.cache_dir, local=args.local)
@@ -121,6 +144,7 @@ def _cmd_ibl(args: argparse.Namespace) -> int:
                 print(
                     "   dropped: " + ", ".join(f"{k} {v}" for k, v in report.trials_dropped.items())
                 )
+            _print_units_dropped(report)
     return 1 if failed else 0
 
 

@@ -54,12 +54,20 @@ def test_results_have_the_documented_shape(results, model, sessions):
         assert set(entry[key]) == {
             "bps",
             "bps_pooled",
+            "poisson_d2",
+            "poisson_d2_pooled",
             "num_units",
             "num_silent_units",
             "per_region",
         }
         for region in entry[key]["per_region"].values():
-            assert set(region) == {"bps", "bps_pooled", "num_units"}
+            assert set(region) == {
+                "bps",
+                "bps_pooled",
+                "poisson_d2",
+                "poisson_d2_pooled",
+                "num_units",
+            }
     assert entry["co_smoothing"]["num_units"] == 11
     assert set(entry["inter_region"]["per_region"]) == {"VISp", "CA1", "LGd"}
     assert entry["intra_region"]["num_units"] == 8  # 11 units minus 3 unlabelled
@@ -76,6 +84,11 @@ def test_results_have_the_documented_shape(results, model, sessions):
         plan, rates, session.split("test").spikes, unit_regions=session.unit_regions
     )
     assert entry["co_smoothing"]["bps"] == round(direct.bps, 4)
+    assert entry["co_smoothing"]["poisson_d2"] == round(direct.poisson_d2, 4)
+    assert entry["co_smoothing"]["poisson_d2_pooled"] == round(direct.poisson_d2_pooled, 4)
+    d2 = [results["sessions"][s]["co_smoothing"]["poisson_d2"] for s in ("a", "b")]
+    assert results["mean"]["co_smoothing"]["poisson_d2"] == pytest.approx(np.mean(d2), abs=1e-4)
+    assert "D² (pooled)" in markdown_table({"model": results})
     both = [results["sessions"][s]["co_smoothing"]["bps_pooled"] for s in ("a", "b")]
     assert results["mean"]["co_smoothing"]["bps_pooled"] == pytest.approx(np.mean(both), abs=1e-4)
     assert results["mean"]["choice"]["num_sessions"] == 2

@@ -141,6 +141,13 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> dict:
     _task(alf, trials)
     _probe(alf / "probe00", times, clusters, histology="atlas")
 
+    alf = _session(root, "007")  # a QC metrics table (made up: the fixture has none)
+    _task(alf, trials)
+    _probe(alf / "probe00", times, clusters, histology="acronym")
+    ids = np.arange(int(clusters.max()) + 1)[::-1]  # rows in reverse: matched by cluster_id
+    metrics = pd.DataFrame({"cluster_id": ids, "label": np.where(ids % 2 == 0, 1.0, 1 / 3)})
+    metrics.to_parquet(alf / "probe00" / "clusters.metrics.pqt")
+
     one = make_one(root, local=True)  # builds the cache tables
     sessions = root / "testlab" / "Subjects" / "mouse1" / "2020-01-01"
     eids = {p.name: str(one.path2eid(p)) for p in sorted(sessions.iterdir())}
@@ -418,3 +425,82 @@ def test_prepare_ibl_command_offline_then_train_ready(cache: dict, tmp_path: Pat
         == 2
     )
     assert "unknown eid" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- unit filters
+def _rates_hz(session) -> dict[str, float]:
+    """Unit id -> mean rate over all kept trial windows (all splits)."""
+    spikes = np.concatenate([t.spikes for t in session.splits.values()]).astype(np.int64)
+    duration = spikes.shape[0] * spikes.shape[1] * session.bin_size_s
+    return dict(zip(session.unit_ids, spikes.sum(axis=(0, 1)) / duration, strict=True))
+
+
+def test_min_rate_filter_on_real_spikes(cache: dict, prepared: dict) -> None:
+    """The minimum firing rate keeps exactly the units of the unfiltered session whose rate
+    in the kept windows reaches it, with the same counts (real IBL spike times)."""
+    full = prepared["session"]
+    rates = _rates_hz(full)
+    config = IBLPrepareConfig(min_rate_hz=5.0)
+    session, report = load_ibl_session(cache["eids"]["001"], one=cache["one"], config=config)
+    expected = [u for u in full.unit_ids if rates[u] >= 5.0]
+    assert 0 < len(expected) < full.num_units
+    assert list(session.unit_ids) == expected
+    assert report.units == len(expected)
+    assert report.units_dropped == {"min_rate": full.num_units - len(expected)}
+    columns = [full.unit_ids.index(u) for u in expected]
+    np.testing.assert_array_equal(
+        session.split("test").spikes, full.split("test").spikes[:, :, columns]
+    )
+    assert min(_rates_hz(session).values()) >= 5.0
+
+
+def test_good_units_filter(cache: dict) -> None:
+    """QC label 1 only, matched through clusters.metrics' cluster_id (rows reversed)."""
+    eid = cache["eids"]["007"]
+    full, _ = load_ibl_session(eid, one=cache["one"])
+    np.testing.assert_allclose(
+        full.unit_attributes["cluster_label"],
+        np.where(np.unique(cache["clusters"]) % 2 == 0, 1.0, 1 / 3),
+    )
+    config = IBLPrepareConfig(good_units_only=True, min_rate_hz=1.0)
+    session, report = load_ibl_session(eid, one=cache["one"], config=config)
+    assert np.all(session.unit_attributes["cluster_label"] == 1.0)
+    good = full.unit_attributes["cluster_label"] == 1.0
+    rates = np.array(list(_rates_hz(full).values()))
+    assert session.num_units == int((good & (rates >= 1.0)).sum())
+    assert report.units_dropped == {
+        "qc_label": int((~good).sum()),
+        "min_rate": int((good & (rates < 1.0)).sum()),
+    }
+
+
+def test_good_units_without_labels_is_an_error(cache: dict) -> None:
+    with pytest.raises(SpikemaskError, match="carry no IBL QC label"):
+        load_ibl_session(
+            cache["eids"]["001"], one=cache["one"], config=IBLPrepareConfig(good_units_only=True)
+        )
+    with pytest.raises(SpikemaskError, match="no unit passes the unit filters"):
+        load_ibl_session(
+            cache["eids"]["001"], one=cache["one"], config=IBLPrepareConfig(min_rate_hz=1e6)
+        )
+
+
+@pytest.mark.parametrize("rate", [-1.0, float("nan")])
+def test_min_rate_must_be_a_rate(rate: float) -> None:
+    with pytest.raises(SpikemaskError, match="expected a firing rate in Hz >= 0"):
+        IBLPrepareConfig(min_rate_hz=rate)
+
+
+def test_prepare_ibl_command_unit_filters(cache: dict, tmp_path: Path, capsys) -> None:
+    from spikemask.cli import main
+
+    args = ["prepare", "ibl", "--eid", cache["eids"]["007"], "--cache-dir", str(cache["root"])]
+    args += ["--local", "--good-units", "--min-rate", "2"]
+    assert main([*args, "--out", str(tmp_path / "good")]) == 0
+    printed = capsys.readouterr().out
+    assert "units dropped: qc_label" in printed and "min_rate" in printed
+    session = read_session(tmp_path / "good", cache=False)
+    assert np.all(session.unit_attributes["cluster_label"] == 1.0)
+    bad = ["prepare", "ibl", "--eid", cache["eids"]["001"], "--cache-dir", str(cache["root"])]
+    assert main([*bad, "--local", "--good-units", "--out", str(tmp_path / "x")]) == 2
+    assert "carry no IBL QC label" in capsys.readouterr().err

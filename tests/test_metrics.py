@@ -16,6 +16,9 @@ from spikemask.evaluation.metrics import (
     bits_per_spike,
     bits_per_spike_per_unit,
     bits_per_spike_pooled,
+    poisson_d2,
+    poisson_d2_per_unit,
+    poisson_d2_pooled,
     poisson_nll,
     pseudo_r2,
     pseudo_r2_per_unit,
@@ -193,3 +196,36 @@ def test_r2_flat_matches_hand_value() -> None:
     assert r2_flat(y_true, y_pred) == pytest.approx(1 - 1 / 5)
     with pytest.raises(SpikemaskError, match="`y_pred` must be finite"):
         r2_flat(y_true, np.full((2, 2), np.nan))
+
+
+# ---------------------------------------------------------------------------- Poisson D²
+def test_poisson_d2_per_unit_matches_sklearn_d2_tweedie() -> None:
+    """Per unit, D² is sklearn's d2_tweedie_score with power=1 (Poisson deviance)."""
+    from sklearn.metrics import d2_tweedie_score
+
+    rng = np.random.default_rng(3)
+    rates = rng.gamma(2.0, 0.5, size=(7, 11, 5))  # (K, T, N)
+    spikes = rng.poisson(rates * rng.uniform(0.5, 1.5, size=rates.shape)).astype(float)
+    d2 = poisson_d2_per_unit(rates, spikes)
+    for n in range(5):
+        expected = d2_tweedie_score(spikes[..., n].ravel(), rates[..., n].ravel(), power=1)
+        assert d2[n] == pytest.approx(expected, rel=1e-9)
+    assert poisson_d2(rates, spikes) == pytest.approx(np.mean(d2))
+
+
+def test_poisson_d2_pooled_by_hand() -> None:
+    """Units 0 and 1 of the hand-made arrays; the silent unit 2 has no deviance to explain.
+
+    Deviance D = 2 (NLL - NLL_saturated) = 2 (NLL_model - NLL_null) + D_null, so with the
+    hand-computed gains: D_model_n = D_null_n - 2 * GAIN_n.
+    Unit 0: saturated NLL = 1 + 0 + (2 - 2 ln 2 + ln 2) = 3 - ln 2; null 3 + ln 2: D_null = 4 ln 2.
+    Unit 1: saturated NLL = 3 - 3 ln 3 + ln 6; null 3 + ln 6 -> D_null = 6 ln 3.
+    """
+    null = np.array([4 * LN2, 6 * math.log(3.0)])
+    model = null - 2 * np.array([GAIN_0, GAIN_1])
+    d2 = poisson_d2_per_unit(RATES, SPIKES)
+    np.testing.assert_allclose(d2[:2], 1 - model / null)
+    assert np.isnan(d2[2])
+    assert poisson_d2_pooled(RATES, SPIKES) == pytest.approx(1 - model.sum() / null.sum())
+    assert poisson_d2(RATES, SPIKES) == pytest.approx(np.mean(1 - model / null))
+    assert math.isnan(poisson_d2_pooled(RATES[:, 2:], SPIKES[:, 2:]))

@@ -14,7 +14,12 @@ from spikemask.config import run_preset
 from spikemask.data.regions import RegionVocabulary
 from spikemask.data.session import Session
 from spikemask.errors import SpikemaskError
-from spikemask.evaluation.metrics import bits_per_spike_per_unit, bits_per_spike_pooled
+from spikemask.evaluation.metrics import (
+    bits_per_spike_per_unit,
+    bits_per_spike_pooled,
+    poisson_d2_per_unit,
+    poisson_d2_pooled,
+)
 from spikemask.evaluation.runner import _chunks, predict_task
 from spikemask.evaluation.tasks import plan_task, score_task, to_jsonable
 from spikemask.masking import SCHEMES
@@ -237,7 +242,20 @@ def test_score_task_per_unit_and_per_region_values():
     assert result.per_region["CA1"]["num_units"] == 2
     assert result.per_region["CA1"]["bps"] == pytest.approx(expected[1])  # unit 4 is silent
     payload = result.to_json(digits=3)
-    assert set(payload) == {"bps", "bps_pooled", "num_units", "num_silent_units", "per_region"}
+    assert set(payload) == {
+        "bps",
+        "bps_pooled",
+        "poisson_d2",
+        "poisson_d2_pooled",
+        "num_units",
+        "num_silent_units",
+        "per_region",
+    }
+    d2 = poisson_d2_per_unit(rates, spikes)
+    np.testing.assert_allclose(result.d2_per_unit, d2)
+    assert result.poisson_d2 == pytest.approx(np.nanmean(d2))
+    assert result.poisson_d2_pooled == pytest.approx(poisson_d2_pooled(rates, spikes))
+    assert result.per_region["VISp"]["poisson_d2"] == pytest.approx(np.nanmean(d2[visp]))
     assert payload["bps"] == round(result.bps, 3) and payload["num_units"] == 6
     assert payload["num_silent_units"] == 1  # reported, not scored
 

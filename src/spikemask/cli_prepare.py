@@ -1,4 +1,4 @@
-"""``spikemask prepare ibl|nwb``: raw recordings -> the IBL parquet layout."""
+"""``spikemask prepare ibl|nwb|brainsets``: raw recordings -> the IBL parquet layout."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ __all__ = ["add_prepare_command", "cmd_prepare"]
 
 
 def add_prepare_command(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("prepare", help="convert raw recordings (IBL via ONE, NWB)")
+    parser = sub.add_parser("prepare", help="convert raw recordings (IBL via ONE, NWB, brainsets)")
     kinds = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
 
     ibl = kinds.add_parser("ibl", help="an IBL session through the ONE API (extra: ibl)")
@@ -43,6 +43,7 @@ def add_prepare_command(sub: argparse._SubParsersAction) -> None:
     ibl.add_argument("--bin-size", type=float, default=0.02, help="seconds (default 0.02)")
     ibl.add_argument("--regions", choices=("Allen", "Beryl", "Cosmos"), default="Allen")
     ibl.add_argument("--seed", type=int, default=0, help="seed of the 70/10/20 split")
+    _add_unit_filters(ibl)
 
     nwb = kinds.add_parser("nwb", help="an NWB file (extra: nwb)")
     nwb.add_argument("file", type=Path)
@@ -72,6 +73,65 @@ def add_prepare_command(sub: argparse._SubParsersAction) -> None:
         help="behaviour series to bin (repeatable; default: discovered)",
     )
     nwb.add_argument("--seed", type=int, default=0)
+    _add_brainsets(kinds)
+
+
+def _add_brainsets(kinds: argparse._SubParsersAction) -> None:
+    bs = kinds.add_parser(
+        "brainsets",
+        help="brainsets / temporaldata session files, e.g. IBL BrainWideBench (extra: brainsets)",
+        description="Read brainsets session files (temporaldata HDF5). Windows and split are the "
+        "file's train/valid/test domains when it has them (the benchmark's own), else windows "
+        "around a trials field with a seeded 70/10/20 split.",
+    )
+    bs.add_argument("files", type=Path, nargs="+", metavar="FILE.h5")
+    bs.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder (several files: one sub-folder per file, named after it)",
+    )
+    bs.add_argument("--bin-size", type=float, default=0.02, help="seconds (default 0.02)")
+    bs.add_argument("--align-event", default="stimOn_times", help="trials field (trial windows)")
+    bs.add_argument(
+        "--window", type=float, nargs=2, default=(-0.5, 1.5), metavar=("START", "END"),
+        help="window around the align event in seconds (trial windows; default -0.5 1.5)",
+    )  # fmt: skip
+    bs.add_argument(
+        "--windows",
+        choices=("auto", "domains", "trials"),
+        default="auto",
+        help="domains: the file's split domains; trials: windows around --align-event with a "
+        "seeded split; auto: domains when the file has them",
+    )
+    bs.add_argument(
+        "--behavior",
+        action="append",
+        metavar="OBJECT.FIELD",
+        help="time series to bin, e.g. wheel.speed (repeatable; default: every one)",
+    )
+    bs.add_argument("--seed", type=int, default=0, help="seed of the split (trial windows)")
+    _add_unit_filters(bs)
+
+
+def _add_unit_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--good-units",
+        action="store_true",
+        help="keep only units with IBL QC label 1 (clusters.metrics label == 1, 'good')",
+    )
+    parser.add_argument(
+        "--min-rate",
+        type=float,
+        metavar="HZ",
+        help="keep only units firing at least HZ spikes/s inside the kept trial windows",
+    )
+
+
+def _print_units_dropped(report: object) -> None:
+    dropped = getattr(report, "units_dropped", None)
+    if dropped:
+        print("   units dropped: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
 
 
 def _eids(path: Path) -> list[str]:
@@ -93,6 +153,8 @@ def _cmd_ibl(args: argparse.Namespace) -> int:
         bin_size_s=args.bin_size,
         region_mapping=args.regions,
         seed=args.seed,
+        good_units_only=args.good_units,
+        min_rate_hz=args.min_rate,
     )
     if args.eid:
         one = make_one(args.cache_dir, local=args.local)
@@ -121,6 +183,7 @@ def _cmd_ibl(args: argparse.Namespace) -> int:
                 print(
                     "   dropped: " + ", ".join(f"{k} {v}" for k, v in report.trials_dropped.items())
                 )
+            _print_units_dropped(report)
     return 1 if failed else 0
 
 
@@ -147,5 +210,35 @@ def _cmd_nwb(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_brainsets(args: argparse.Namespace) -> int:
+    from spikemask.data.brainsets import BrainsetsPrepareConfig, prepare_brainsets
+
+    config = BrainsetsPrepareConfig(
+        bin_size_s=args.bin_size,
+        align_event=args.align_event,
+        window_s=tuple(args.window),
+        use_domains={"auto": None, "domains": True, "trials": False}[args.windows],
+        behavior_paths=tuple(args.behavior) if args.behavior else None,
+        good_units_only=args.good_units,
+        min_rate_hz=args.min_rate,
+        seed=args.seed,
+    )
+    stems = [path.stem for path in args.files]
+    if len(set(stems)) < len(stems):
+        raise SpikemaskError(
+            f"file names {stems} repeat; expected distinct names (each gets its own folder)"
+        )
+    for path in args.files:
+        out = args.out if len(args.files) == 1 else args.out / path.stem
+        report = prepare_brainsets(path, out, config=config)
+        print(
+            f"{report.session_id}: {report.trials_kept}/{report.trials_total} windows kept, "
+            f"{report.units} units -> {report.out_dir}"
+        )
+        _print_units_dropped(report)
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
-    return _cmd_ibl(args) if args.source == "ibl" else _cmd_nwb(args)
+    commands = {"ibl": _cmd_ibl, "nwb": _cmd_nwb, "brainsets": _cmd_brainsets}
+    return commands[args.source](args)

@@ -1,4 +1,4 @@
-"""Sub-commands that hand results to other tools: ``export nlb`` and ``push`` (the Hub)."""
+"""Sub-commands that hand results to other tools: ``export nlb|bwb`` and ``push`` (the Hub)."""
 
 from __future__ import annotations
 
@@ -36,14 +36,71 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0, help="seed of the held-out unit choice")
     q.add_argument("--overwrite", action="store_true", help="replace the dataset group")
 
+    _add_export_bwb(formats)
+
+
+def _add_export_bwb(formats: argparse._SubParsersAction) -> None:
+    q = formats.add_parser(
+        "bwb",
+        help="IBL BrainWideBench TS2 predictions (ibl-bwb-eval's safetensors files)",
+        description="Predict held-out units (ts2-co_smoothing, scored on the trailing second) "
+        "and the trailing bins (ts2-forecasting) of one session and write them with "
+        "ibl-bwb-eval's PredictionsWriter: OUT/LABEL/TASK/RECORDING/seed_N.safetensors. Score "
+        "them with python -m ibl_bwb_eval.scoring.ts2 --pred_dir OUT --gt_dir GT.",
+    )
+    q.add_argument("run", help="run folder (or hf://ORG/NAME) of the trained model")
+    q.add_argument("data", help="dataset folder of the session to export")
+    q.add_argument("--out", type=Path, required=True, help="predictions folder")
+    q.add_argument("--label", default="spikemask", help="submission label (default spikemask)")
+    q.add_argument(
+        "--ground-truth", type=Path, metavar="DIR",
+        help="also write the session's targets where the TS2 scorer reads them",
+    )  # fmt: skip
+    q.add_argument("--heldout-fraction", type=float, default=0.25, help="default 0.25")
+    q.add_argument("--heldout-units", nargs="+", metavar="UNIT_ID", help="held-out unit ids")
+    q.add_argument("--forward-bins", type=int, help="forecast bins (default 10 %%)")
+    q.add_argument("--split", choices=("train", "val", "test"), default="test")
+    q.add_argument("--seed", type=int, default=0, help="seed (held-out units, file name)")
+
+
+def _cmd_export_bwb(args: argparse.Namespace) -> int:
+    from spikemask.api import load_run
+    from spikemask.data.loading import load_session
+    from spikemask.export.bwb import (
+        make_bwb_export,
+        write_bwb_ground_truth,
+        write_bwb_predictions,
+    )
+    from spikemask.export.nlb import choose_heldout_units
+
+    model = load_run(args.run)
+    session = load_session(args.data, region_level=model.checkpoint.config.data.region_level)
+    heldout = choose_heldout_units(
+        session, fraction=args.heldout_fraction, unit_ids=args.heldout_units, seed=args.seed
+    )
+    export = make_bwb_export(
+        model, session, label=args.label, seed=args.seed, heldout=heldout,
+        forward_bins=args.forward_bins, split=args.split,
+    )  # fmt: skip
+    for path in write_bwb_predictions(export, args.out):
+        print(f"predictions    {path}")
+    if args.ground_truth:
+        for path in write_bwb_ground_truth(export, args.ground_truth):
+            print(f"ground truth   {path}")
+    for task in export.tasks.values():
+        print(f"spikemask      {task.task} {json.dumps(task.scores)}")
+    return 0
+
 
 def cmd_export(args: argparse.Namespace) -> int:
     from spikemask.api import load_run
     from spikemask.data.loading import load_session
     from spikemask.export.nlb import choose_heldout_units, make_nlb_export, write_nlb_h5
 
+    if args.format == "bwb":
+        return _cmd_export_bwb(args)
     if args.format != "nlb":  # pragma: no cover - argparse restricts the choices
-        raise SpikemaskError(f"unknown export format {args.format!r}; expected 'nlb'")
+        raise SpikemaskError(f"unknown export format {args.format!r}; expected 'nlb' or 'bwb'")
     model = load_run(args.run)
     session = load_session(args.data, region_level=model.checkpoint.config.data.region_level)
     heldout = choose_heldout_units(

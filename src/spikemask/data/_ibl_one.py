@@ -146,6 +146,7 @@ class Population:
     depths: np.ndarray
     probes: tuple[str, ...]
     recording_s: tuple[float, float]
+    labels: np.ndarray | None = None  # (N,) IBL QC label; None when a probe has none
     notes: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
 
@@ -176,6 +177,7 @@ def load_population(
         depths=np.concatenate([p[4] for p in parts]),
         probes=tuple(probes),
         recording_s=(first, last),
+        labels=None if any(p[5] is None for p in parts) else np.concatenate([p[5] for p in parts]),
         notes=notes,
         metadata={k: v for k, v in _session_details(one, eid).items() if v},
     )
@@ -189,7 +191,7 @@ def _load_probe(
     collection: str,
     config: IBLPrepareConfig,
     notes: list[str],
-) -> tuple[np.ndarray, np.ndarray, list[str], list[str], np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str], np.ndarray, np.ndarray | None]:
     spikes = load_object(one, eid, index, collection, "spikes", ("times", "clusters"))
     if "clusters" not in spikes or len(spikes["times"]) != len(spikes["clusters"]):
         raise SpikemaskError(
@@ -214,7 +216,38 @@ def _load_probe(
         unit_ids = [f"{probe}-{c}" for c in cluster_ids]
     depths = clusters.get("depths", np.full(cluster_ids[-1] + 1, np.nan))[cluster_ids]
     regions = _regions(one, eid, index, (probe, collection), clusters, cluster_ids, config, notes)
-    return spikes["times"].astype(np.float64), units, unit_ids, regions, depths.astype(float)
+    labels = _qc_labels(one, eid, index, collection, cluster_ids)
+    times = spikes["times"].astype(np.float64)
+    return times, units, unit_ids, regions, depths.astype(float), labels
+
+
+def _qc_labels(
+    one: Any, eid: str, index: DatasetIndex, collection: str, cluster_ids: np.ndarray
+) -> np.ndarray | None:
+    """(N,) IBL QC label (``clusters.metrics`` column ``label``) of the given clusters.
+
+    Rows are matched by the table's ``cluster_id`` column when it has one, else by row
+    number. None when the sorting has no metrics table or the table no ``label`` column.
+    """
+    filename = index.get((collection, "clusters"), {}).get("metrics")
+    if filename is None:
+        return None
+    check = not getattr(one, "offline", False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*default revision.*")
+        metrics = one.load_dataset(eid, filename, collection=collection, check_hash=check)
+    if not hasattr(metrics, "columns") or "label" not in metrics.columns:
+        return None
+    label = metrics["label"].to_numpy(dtype=np.float64)
+    if "cluster_id" in metrics.columns:
+        by_id = dict(zip(metrics["cluster_id"].to_numpy().astype(np.int64), label, strict=True))
+        return np.array([by_id.get(int(c), np.nan) for c in cluster_ids])
+    if len(label) <= cluster_ids[-1]:
+        raise SpikemaskError(
+            f"session {eid}, {collection}: clusters.metrics has {len(label)} rows but spikes "
+            f"reference cluster {cluster_ids[-1]}; expected one row per cluster"
+        )
+    return label[cluster_ids]
 
 
 def _regions(

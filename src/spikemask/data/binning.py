@@ -293,7 +293,8 @@ class PrepareReport:
         trials_total: Trials (or windows) before filtering.
         trials_kept: Trials written.
         trials_dropped: reason -> number of trials dropped for it (first failing reason).
-        units: Number of units N.
+        units: Number of units N (after the unit filters).
+        units_dropped: unit filter (``qc_label``, ``min_rate``) -> number of units it dropped.
         probes: Probe (or electrode group) names merged into the population.
         splits: split name -> number of trials.
         regions: region label -> number of units.
@@ -311,6 +312,7 @@ class PrepareReport:
     trials_kept: int = 0
     trials_dropped: dict[str, int] = field(default_factory=dict)
     units: int = 0
+    units_dropped: dict[str, int] = field(default_factory=dict)
     probes: list[str] = field(default_factory=list)
     splits: dict[str, int] = field(default_factory=dict)
     regions: dict[str, int] = field(default_factory=dict)
@@ -331,6 +333,7 @@ class PrepareReport:
         probes: Sequence[str],
         config: Any,
         notes: Sequence[str] = (),
+        units_dropped: Mapping[str, int] | None = None,
     ) -> PrepareReport:
         """The report of a freshly built ``session`` (``out_dir`` is set when written)."""
         return cls(
@@ -341,6 +344,7 @@ class PrepareReport:
             regions=session.units_per_region, bin_behavior=list(session.bin_behavior_names),
             trial_behavior=list(session.trial_behavior_names),
             config=dataclasses.asdict(config), notes=list(notes),
+            units_dropped=dict(units_dropped or {}),
         )  # fmt: skip
 
     @property

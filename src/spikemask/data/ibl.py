@@ -28,6 +28,7 @@ from spikemask.data import _ibl_one as sources
 from spikemask.data import binning
 from spikemask.data.binning import PrepareReport
 from spikemask.data.session import Session
+from spikemask.data.unit_filters import UnitFilter, apply_unit_filter
 from spikemask.errors import SpikemaskError
 
 __all__ = [
@@ -75,6 +76,10 @@ class IBLPrepareConfig:
             groupings (needs iblatlas).
         allow_unlabelled: Label units of probes without histology "unknown" instead of failing.
         require_behavior: Fail when wheel or camera data are missing (else omit them, noted).
+        good_units_only: Keep only the units with IBL QC label 1 (``clusters.metrics``
+            ``label == 1``, "good" clusters); fails when the sorting has no metrics table.
+        min_rate_hz: Keep only the units firing at least this rate (spikes / s) inside the
+            kept trial windows; None keeps all.
     """
 
     align_event: str = "stimOn_times"
@@ -93,9 +98,12 @@ class IBLPrepareConfig:
     region_mapping: str = "Allen"
     allow_unlabelled: bool = False
     require_behavior: bool = False
+    good_units_only: bool = False
+    min_rate_hz: float | None = None
 
     def __post_init__(self) -> None:
         binning.check_window(self.window_s, self.bin_size_s)
+        UnitFilter(good_only=self.good_units_only, min_rate_hz=self.min_rate_hz)  # validates
         binning.check_split(self.split)
         bounds = (self.min_rt_s, self.max_rt_s)
         if None not in bounds and self.min_rt_s >= self.max_rt_s:  # type: ignore[operator]
@@ -110,6 +118,11 @@ class IBLPrepareConfig:
     @property
     def num_bins(self) -> int:
         return binning.check_window(self.window_s, self.bin_size_s)
+
+    @property
+    def unit_filter(self) -> UnitFilter:
+        """The unit filters of this config."""
+        return UnitFilter(good_only=self.good_units_only, min_rate_hz=self.min_rate_hz)
 
 
 def make_one(
@@ -256,6 +269,11 @@ def load_ibl_session(
             f"session {eid}: no spike in the {int(keep.sum())} kept trial windows "
             f"{config.window_s} s around {config.align_event}; expected spikes in the windows"
         )
+    keep_units, units_dropped = apply_unit_filter(
+        config.unit_filter, counts, config.bin_size_s, labels=population.labels,
+        where=f"session {eid}",
+    )  # fmt: skip
+    counts = np.ascontiguousarray(counts[:, :, keep_units])  # (K, T, N_kept)
     notes: list[str] = list(population.notes)
     edges = binning.bin_edges(starts, config.num_bins, config.bin_size_s)
     bin_behavior = sources.load_bin_behavior(one, eid, index, edges, config, notes)
@@ -268,15 +286,18 @@ def load_ibl_session(
         bin_size_s=config.bin_size_s,
         window_start_s=float(config.window_s[0]),
         align_event=config.align_event,
-        unit_ids=population.unit_ids,
-        unit_regions=population.regions,
-        unit_depths=population.depths,
+        unit_ids=tuple(np.array(population.unit_ids)[keep_units]),
+        unit_regions=tuple(np.array(population.regions)[keep_units]),
+        unit_depths=population.depths[keep_units],
+        unit_attributes=(
+            {} if population.labels is None else {"cluster_label": population.labels[keep_units]}
+        ),
         splits=splits,
         metadata={**population.metadata, "source": "ibl-one"},
     )
     report = PrepareReport.describe(
         session, trials_total=len(keep), trials_dropped=dropped, probes=population.probes,
-        config=config, notes=notes,
+        config=config, notes=notes, units_dropped=units_dropped,
     )  # fmt: skip
     return session, report
 

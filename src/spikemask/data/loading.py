@@ -53,9 +53,7 @@ def _resolve(source: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=["data/*"]))
     except Exception as err:  # network / auth errors of all kinds
-        raise SpikemaskError(
-            f"could not download dataset {source!r} from the Hub: {err}"
-        ) from None
+        raise SpikemaskError(f"could not download dataset {source!r} from the Hub: {err}") from None
 
 
 def load_session(source: str | Path, *, region_level: str = "allen", cache: bool = True) -> Session:

@@ -44,7 +44,16 @@ __all__ = [
 
 ALL_TASKS: tuple[str, ...] = (*ACTIVITY_TASKS, *TRIAL_LABELS, "behavior")
 """Task names: four activity tasks, two trial labels, ``behavior`` = every per-bin one."""
-MEAN_METRICS = ("bps", "bps_pooled", "accuracy", "balanced_accuracy", "chance", "r2")
+MEAN_METRICS = (
+    "bps",
+    "bps_pooled",
+    "poisson_d2",
+    "poisson_d2_pooled",
+    "accuracy",
+    "balanced_accuracy",
+    "chance",
+    "r2",
+)
 """Metrics averaged over sessions in ``results["mean"]``."""
 
 

@@ -3,12 +3,14 @@
 The result of :func:`evaluate` (JSON-ready; floats rounded, NaN written as None)::
 
     {"sessions": {"<session id>": {
-        "co_smoothing": {"bps", "bps_pooled", "num_units", "per_region": {region: {...}}},
+        "co_smoothing": {"bps", "bps_pooled", "poisson_d2", "poisson_d2_pooled", "num_units",
+                         "per_region": {region: {...}}},
         "forward_prediction": {...}, "inter_region": {...}, "intra_region": {...},
         "choice": {"accuracy", "balanced_accuracy", "chance", "num_trials"},
         "reward": {...},
         "<per-bin behaviour>": {"r2", "num_trials"}}},
-     "mean": {"co_smoothing": {"bps", "bps_pooled", "num_sessions"}, ...,
+     "mean": {"co_smoothing": {"bps", "bps_pooled", "poisson_d2", "poisson_d2_pooled",
+                               "num_sessions"}, ...,
               "choice": {"accuracy", ...}},
      "model": {"name", "run", "schemes", "architecture", "features"},
      "split": "test"}

@@ -20,6 +20,14 @@ Bits per spike of unit n over its scored entries (method section 6)::
 where ``null_n`` is the mean count of unit n over the same scored entries. MtM reports
 the mean of ``bps_n`` over units (:func:`bits_per_spike`); the Neural Latents Benchmark
 pools numerator and denominator over units (:func:`bits_per_spike_pooled`, "co-bps").
+
+Poisson D² (deviance explained) of unit n, against the same null::
+
+    D²_n = 1 - D(rates_n) / D(null_n),   D(r) = 2 * sum(y * log(y / r) - (y - r))
+
+IBL's BrainWideBench reports the mean of ``D²_n`` over units (:func:`poisson_d2`, as
+``ibl_bwb_eval.metrics.PoissonD2Score``); :func:`poisson_d2_pooled` divides the summed
+deviances instead. For one unit it equals ``sklearn.metrics.d2_tweedie_score(power=1)``.
 """
 
 from __future__ import annotations
@@ -41,6 +49,9 @@ __all__ = [
     "bits_per_spike",
     "bits_per_spike_per_unit",
     "bits_per_spike_pooled",
+    "poisson_d2",
+    "poisson_d2_per_unit",
+    "poisson_d2_pooled",
     "poisson_nll",
     "pseudo_r2",
     "pseudo_r2_per_unit",
@@ -218,20 +229,67 @@ def pseudo_r2_per_unit(rates: Any, spikes: Any, *, scored: Any = None) -> np.nda
         float64 array, shape (N,); NaN where the null deviance is 0 (a constant or silent
         unit over its scored entries).
     """
-    sums = _per_unit_sums(rates, spikes, scored)
-    # Poisson deviance D(r) = 2 (NLL(r) - NLL(saturated)); log(y!) cancels.
-    deviance_model = 2.0 * (sums["nll_model"] - sums["nll_saturated"])
-    deviance_null = 2.0 * (sums["nll_null"] - sums["nll_saturated"])
+    deviance_model, deviance_null, explainable = _deviances(rates, spikes, scored)
     with np.errstate(divide="ignore", invalid="ignore"):
         r2 = 1.0 - deviance_model / deviance_null
-    # Silent and constant units have no deviance to explain (the tolerance absorbs round-off).
-    explainable = (sums["spike_count"] > 0) & (deviance_null > 1e-9 * sums["spike_count"])
     return np.where(explainable, r2, np.nan)
 
 
 def pseudo_r2(rates: Any, spikes: Any, *, scored: Any = None) -> float:
     """Mean over units of :func:`pseudo_r2_per_unit` (NaN units skipped)."""
     return _nanmean(pseudo_r2_per_unit(rates, spikes, scored=scored))
+
+
+def _deviances(rates: Any, spikes: Any, scored: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N,) model and null Poisson deviances, and which units have deviance to explain."""
+    sums = _per_unit_sums(rates, spikes, scored)
+    # Poisson deviance D(r) = 2 (NLL(r) - NLL(saturated)); log(y!) cancels.
+    deviance_model = 2.0 * (sums["nll_model"] - sums["nll_saturated"])
+    deviance_null = 2.0 * (sums["nll_null"] - sums["nll_saturated"])
+    # Silent and constant units have no deviance to explain (the tolerance absorbs round-off).
+    explainable = (sums["spike_count"] > 0) & (deviance_null > 1e-9 * sums["spike_count"])
+    return deviance_model, deviance_null, explainable
+
+
+def poisson_d2_per_unit(rates: Any, spikes: Any, *, scored: Any = None) -> np.ndarray:
+    """Poisson D² (fraction of deviance explained) of every unit; same as
+    :func:`pseudo_r2_per_unit`.
+
+    Args:
+        rates: Predicted rates, shape (..., N).
+        spikes: Observed counts, shape (..., N).
+        scored: Optional bool array, shape (..., N). Default: all entries.
+
+    Returns:
+        float64 array, shape (N,); NaN for silent or constant units.
+    """
+    return pseudo_r2_per_unit(rates, spikes, scored=scored)
+
+
+def poisson_d2(rates: Any, spikes: Any, *, scored: Any = None) -> float:
+    """Poisson D², mean over units (BrainWideBench's ``poisson_d2``); NaN units skipped.
+
+    Args:
+        rates: Predicted rates, shape (..., N).
+        spikes: Observed counts, shape (..., N).
+        scored: Optional bool array, shape (..., N). Default: all entries.
+    """
+    return _nanmean(poisson_d2_per_unit(rates, spikes, scored=scored))
+
+
+def poisson_d2_pooled(rates: Any, spikes: Any, *, scored: Any = None) -> float:
+    """Poisson D² pooled over units: ``1 - sum_n D(rates_n) / sum_n D(null_n)`` over the units
+    with deviance to explain (NaN when none has).
+
+    Args:
+        rates: Predicted rates, shape (..., N).
+        spikes: Observed counts, shape (..., N).
+        scored: Optional bool array, shape (..., N). Default: all entries.
+    """
+    model, null, explainable = _deviances(rates, spikes, scored)
+    if not explainable.any():
+        return math.nan
+    return float(1.0 - model[explainable].sum() / null[explainable].sum())
 
 
 def _check_labels(y_true: Any, y_pred: Any) -> tuple[list, list]:

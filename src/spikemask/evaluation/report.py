@@ -37,7 +37,7 @@ def _columns(results: Mapping[str, dict[str, Any]]) -> list[tuple[str, str]]:
             keys += [k for k in entry if k not in keys]
     ordered = [k for k in _ACTIVITY if k in keys] + [k for k in _LABELS if k in keys]
     ordered += [k for k in keys if k not in ordered]
-    headers = {**{k: f"{v} bps (pooled)" for k, v in _ACTIVITY.items()}, **_LABELS}
+    headers = {**{k: f"{v} bps (pooled) / D² (pooled)" for k, v in _ACTIVITY.items()}, **_LABELS}
     return [(k, headers.get(k, f"{k} R²")) for k in ordered]
 
 
@@ -51,7 +51,10 @@ def _cell(entry: dict[str, Any] | None, key: str) -> str:
     if "skipped" in entry:
         return "skipped"
     if key in _ACTIVITY:
-        return f"{_number(entry.get('bps'))} ({_number(entry.get('bps_pooled'))})"
+        bps = f"{_number(entry.get('bps'))} ({_number(entry.get('bps_pooled'))})"
+        if "poisson_d2" not in entry:  # results written before D² joined them
+            return bps
+        return f"{bps} / {_number(entry['poisson_d2'])} ({_number(entry.get('poisson_d2_pooled'))})"
     if "accuracy" in entry:
         parts = [entry["accuracy"], entry.get("balanced_accuracy"), entry.get("chance")]
         return " / ".join(_number(v) for v in parts)
@@ -61,7 +64,8 @@ def _cell(entry: dict[str, Any] | None, key: str) -> str:
 def markdown_table(results: Mapping[str, dict[str, Any]]) -> str:
     """Markdown table: one row per (session, model), then the mean over sessions.
 
-    Activity cells are ``mean-over-units bps (pooled bps)``; label cells are
+    Activity cells are ``mean-over-units bps (pooled bps) / mean-over-units Poisson D²
+    (pooled D²)``; label cells are
     ``accuracy / balanced_accuracy / chance`` (see :data:`LABEL_LEGEND`); per-bin behaviour
     cells are R².
     """
@@ -124,7 +128,8 @@ def write_report(
         "# spikemask evaluation",
         "",
         f"Split: `{split}`. Activity tasks: bits per spike, mean over units (NLB pooled in "
-        f"parentheses). {LABEL_LEGEND} Per-bin behaviour: R² over trials × bins.",
+        "parentheses), then Poisson D² (deviance explained; BrainWideBench's), mean over units "
+        f"(pooled in parentheses). {LABEL_LEGEND} Per-bin behaviour: R² over trials × bins.",
         "",
         *_notes(results),
         "",

@@ -29,7 +29,13 @@ import numpy as np
 
 from spikemask.data.session import Session
 from spikemask.errors import SpikemaskError
-from spikemask.evaluation.metrics import bits_per_spike_per_unit, bits_per_spike_pooled
+from spikemask.evaluation.metrics import (
+    bits_per_spike_per_unit,
+    bits_per_spike_pooled,
+    poisson_d2,
+    poisson_d2_per_unit,
+    poisson_d2_pooled,
+)
 from spikemask.masking import forward_prediction_mask
 
 __all__ = [
@@ -229,10 +235,15 @@ class TaskResult:
         bps_per_unit: (N,) bits per spike of every unit; NaN where not scored or silent.
         bps: mean of the finite entries of ``bps_per_unit``.
         bps_pooled: bits per spike pooled over scored units (NLB "co-bps").
-        per_region: region label -> ``{"bps", "bps_pooled", "num_units"}``.
+        per_region: region label -> ``{"bps", "bps_pooled", "poisson_d2",
+            "poisson_d2_pooled", "num_units"}``.
         rates: (K, T, N) predicted rates (expected counts per bin), NaN where not
             scored; None when not kept.
         skipped: why the task did not run, else None.
+        d2_per_unit: (N,) Poisson D² (deviance explained) of every unit; NaN where not
+            scored, silent or constant.
+        poisson_d2: mean of the finite entries of ``d2_per_unit`` (BrainWideBench's).
+        poisson_d2_pooled: D² of the deviances summed over scored units.
     """
 
     task: str
@@ -245,6 +256,9 @@ class TaskResult:
     per_region: dict[str, dict[str, float | int]]
     rates: np.ndarray | None = None
     skipped: str | None = None
+    d2_per_unit: np.ndarray | None = None
+    poisson_d2: float = math.nan
+    poisson_d2_pooled: float = math.nan
 
     @property
     def num_units(self) -> int:
@@ -257,7 +271,8 @@ class TaskResult:
         return int((self.scored_units & ~np.isfinite(self.bps_per_unit)).sum())
 
     def to_json(self, digits: int = 4) -> dict[str, Any]:
-        """``{"bps", "bps_pooled", "num_units", "num_silent_units", "per_region"}`` (or
+        """``{"bps", "bps_pooled", "poisson_d2", "poisson_d2_pooled", "num_units",
+        "num_silent_units", "per_region"}`` (or
         ``{"skipped"}``) with floats rounded to ``digits`` and NaN written as None.
         ``num_silent_units`` counts scored units with no spike in the scored entries: they
         have no bits per spike and are left out of the mean ``bps``."""
@@ -266,6 +281,8 @@ class TaskResult:
         values = {
             "bps": self.bps,
             "bps_pooled": self.bps_pooled,
+            "poisson_d2": self.poisson_d2,
+            "poisson_d2_pooled": self.poisson_d2_pooled,
             "num_units": self.num_units,
             "num_silent_units": self.num_silent_units,
             "per_region": self.per_region,
@@ -288,6 +305,10 @@ def _per_region(
         per_region[region] = {
             "bps": _finite_mean(bps[columns]),
             "bps_pooled": bits_per_spike_pooled(predicted[:, :, columns], observed[:, :, columns]),
+            "poisson_d2": poisson_d2(predicted[:, :, columns], observed[:, :, columns]),
+            "poisson_d2_pooled": poisson_d2_pooled(
+                predicted[:, :, columns], observed[:, :, columns]
+            ),
             "num_units": int(columns.size),
         }
     return per_region
@@ -301,7 +322,7 @@ def score_task(
     unit_regions: tuple[str, ...],
     keep_rates: bool = True,
 ) -> TaskResult:
-    """Bits per spike of a task's predictions on its scored units and bins.
+    """Bits per spike and Poisson D² of a task's predictions on its scored units and bins.
 
     Args:
         plan: The task plan that produced ``rates``.
@@ -335,6 +356,8 @@ def score_task(
     bps_per_unit[units] = bits_per_spike_per_unit(predicted, observed)
     regions = np.asarray(unit_regions)[units]
     per_region = _per_region(regions, bps_per_unit[units], predicted, observed)
+    d2_per_unit = np.full(num_units, np.nan)
+    d2_per_unit[units] = poisson_d2_per_unit(predicted, observed)
     return TaskResult(
         plan.task,
         unit_regions,
@@ -345,6 +368,9 @@ def score_task(
         bps_pooled=bits_per_spike_pooled(predicted, observed),
         per_region=per_region,
         rates=rates if keep_rates else None,
+        d2_per_unit=d2_per_unit,
+        poisson_d2=_finite_mean(d2_per_unit),
+        poisson_d2_pooled=poisson_d2_pooled(predicted, observed),
     )
 
 

@@ -188,6 +188,26 @@ def test_finetune_full_changes_shared_weights(trained_run, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_finetune_staged_trains_session_layers_first_then_everything(trained_run, tmp_path):
+    new = make_session(session_id="new", num_units=9, seed=5)
+    before = load_file(trained_run / "checkpoints" / "best" / "model.safetensors")
+
+    def tuned(steps: int, name: str) -> dict:
+        config = tiny_config(f"train.max_steps={steps}", "train.weight_decay=0.1")
+        result = finetune(trained_run, [new], tmp_path / name, mode="staged", config=config)
+        return load_checkpoint(result.run_dir / "checkpoints" / "last").model.state_dict()
+
+    # 3 steps: the first (progress 0 < 1/4) leaves the shared weights alone (weight decay
+    # included), the new session's layers learn
+    first = tuned(1, "one")
+    assert all(torch.equal(before[k], first[k]) for k in before)
+    fresh = [k for k in first if k not in before]
+    assert fresh
+    # later steps train everything
+    later = tuned(8, "eight")
+    assert any(not torch.equal(before[k], later[k]) for k in before)
+
+
 def test_finetune_errors(trained_run, tmp_path):
     with pytest.raises(SpikemaskError, match="already in the model"):
         finetune(trained_run, [make_session()], tmp_path / "a", config=tiny_config())

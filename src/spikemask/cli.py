@@ -103,9 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="new run folder")
     p.add_argument(
         "--mode",
-        choices=("full", "session"),
+        choices=("full", "session", "staged"),
         default="full",
-        help="train all weights, or only the new session's layers",
+        help="train all weights, only the new session's layers, or those first and then all "
+        "(staged: the first quarter of the budget)",
     )
     p.add_argument(
         "--masking",

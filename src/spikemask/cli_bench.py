@@ -37,7 +37,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--preset", choices=("small", "paper"), default="small")
     p.add_argument(
-        "--finetune-mode", choices=("full", "session"), default="full", help="default full"
+        "--finetune-mode",
+        choices=("full", "session", "staged"),
+        default="full",
+        help="default full",
     )
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--seed", type=int, default=0)

@@ -53,7 +53,7 @@ class QualityConfig:
         held_out: Groups to hold out (default: every group, in turn).
         preset: Model / optimisation preset of every trained model.
         sets: ``section.key=value`` overrides applied to every trained model.
-        finetune_mode: ``full`` or ``session`` (see :func:`spikemask.finetune`).
+        finetune_mode: ``full``, ``session`` or ``staged`` (see :func:`spikemask.finetune`).
         tasks: Evaluation tasks.
         seed: Seed of every run.
         table_only: Train and evaluate nothing: collect what earlier runs into the same

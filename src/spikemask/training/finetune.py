@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from torch import nn
 
 from spikemask.config import RunConfig, apply_overrides, parse_set_options
 from spikemask.config import _read_yaml as read_yaml
@@ -16,9 +17,41 @@ from spikemask.errors import SpikemaskError
 from spikemask.training.checkpoint import Checkpoint, load_checkpoint
 from spikemask.training.run import TrainResult, fit, init_unit_rates, session_info
 
-__all__ = ["FINETUNE_MODES", "add_sessions", "finetune", "load_run_checkpoint"]
+__all__ = ["FINETUNE_MODES", "STAGED_FRACTION", "add_sessions", "finetune", "load_run_checkpoint"]
 
-FINETUNE_MODES = ("full", "session")
+FINETUNE_MODES = ("full", "session", "staged")
+#: Share of a ``staged`` fine-tuning (by the learning-rate schedule's progress) during which
+#: only the new sessions' layers learn; then every weight does.
+STAGED_FRACTION = 0.25
+
+
+class SharedFrozenFirst(Callback):
+    """Staged fine-tuning: the shared weights get no update during the first ``fraction``
+    of training (their gradients are dropped before each optimiser step, so AdamW leaves
+    them and their moments alone); the new session layers learn from the first step.
+
+    Progress is measured like the learning-rate schedule (steps, or wall-clock time under
+    a minutes budget), so a resumed run continues in the same stage.
+    """
+
+    def __init__(self, shared: Sequence[nn.Parameter], fraction: float = STAGED_FRACTION):
+        self.shared = list(shared)
+        self.fraction = fraction
+        self._progress = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from spikemask.training.module import schedule_progress
+
+        minutes = pl_module.train_config.max_minutes
+        self._progress = schedule_progress(
+            total_steps=trainer.estimated_stepping_batches,
+            budget_s=minutes * 60 if minutes else None,
+        )
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self._progress is not None and self._progress(trainer.global_step) < self.fraction:
+            for parameter in self.shared:
+                parameter.grad = None
 
 
 def load_run_checkpoint(run: str | Path, which: str = "best") -> Checkpoint:
@@ -85,7 +118,9 @@ def finetune(
         data: Dataset folders (or sessions) the model has not seen.
         out: New run folder.
         mode: ``full`` trains every weight; ``session`` trains only the new sessions'
-            read-in / read-out layers and session tokens (fast, the shared model frozen).
+            read-in / read-out layers and session tokens (fast, the shared model frozen);
+            ``staged`` trains only those for the first :data:`STAGED_FRACTION` of the
+            budget, then every weight.
         which: Start from the run's ``best`` or ``last`` checkpoint.
         config: Replaces the run's masking / data / training settings (model must match).
         config_path: YAML file of overrides applied on top.
@@ -110,12 +145,17 @@ def finetune(
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     add_sessions(checkpoint, sessions)
     trainable = None
+    model = checkpoint.model
+    own = [p for s in sessions for p in model.session_parameters(s.session_id)]
     if mode == "session":
-        model = checkpoint.model
-        trainable = [p for s in sessions for p in model.session_parameters(s.session_id)]
+        trainable = own
         keep = {id(p) for p in trainable}
         for parameter in model.parameters():
             parameter.requires_grad_(id(parameter) in keep)
+    elif mode == "staged":
+        keep = {id(p) for p in own}
+        shared = [p for p in model.parameters() if id(p) not in keep]
+        callbacks = [SharedFrozenFirst(shared), *callbacks]
     checkpoint.model.train()
     record = {
         "kind": "finetune",

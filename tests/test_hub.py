@@ -115,8 +115,13 @@ def test_push_then_load_gives_the_same_predictions(local_hub, run_dir, tmp_path)
                  str(tmp_path / "results.json")])  # fmt: skip
     assert code == 0
     assert local_hub.uploads[0]["files"] == [
-        "README.md", "config.json", "model.safetensors", "results.json", "run.json",
-        "state.json", "vocab.json",
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "results.json",
+        "run.json",
+        "state.json",
+        "vocab.json",
     ]  # fmt: skip; no trainer state, no pickle
     session = make_session()
     remote = load_run("hf://lab/tiny-mtm").predict(session, masking="neuron", seed=3)

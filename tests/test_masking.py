@@ -239,13 +239,19 @@ def test_mixture_draws_follow_weights() -> None:
         assert spec.scheme == mixture.draw_scheme(generator=gen(seed))
 
 
-def test_mixture_default_is_mtm_and_sample_is_seeded() -> None:
+def test_mixture_default_is_mtm_plus_temporal_and_sample_is_seeded() -> None:
     mixture = MaskingMixture(MaskingConfig())
     draws = {
         mixture.sample(SHAPE, generator=g, region_ids=REGION_IDS).scheme
         for g in map(gen, range(40))
     }
-    assert draws == {"neuron", "causal", "inter-region", "intra-region"}
+    assert draws == {"neuron", "causal", "inter-region", "intra-region", "temporal"}
+    assert MaskingConfig.preset("mtm").schemes == (
+        "neuron",
+        "causal",
+        "inter-region",
+        "intra-region",
+    )
     first = mixture.sample(SHAPE, generator=gen(3), region_ids=REGION_IDS)
     again = mixture.sample(SHAPE, generator=gen(3), region_ids=REGION_IDS)
     assert first.scheme == again.scheme and torch.equal(first.hidden, again.hidden)

@@ -92,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--masking",
         choices=MASKING_CHOICES,
-        help="masking scheme(s) to train with (default: mtm, the paper's mixture)",
+        help="masking scheme(s) to train with (default: mtm-temporal, the paper's MtM "
+        "mixture plus temporal masking)",
     )
     p.add_argument("--model", choices=("ndt1", "ndt2"), help="architecture (default ndt1)")
     _add_budget_flags(p)

@@ -3,7 +3,8 @@
 For every group of sessions (by default an animal, the ``subject`` of each session) held
 out in turn, it trains and evaluates on each held-out session:
 
-(a) ``MtM scratch``: the default recipe with MtM masking, from scratch on that session;
+(a) ``MtM scratch``: the default recipe with its default MtM mixture (the paper's four
+    schemes plus temporal masking), from scratch on that session;
 (b) ``temporal scratch``: the same with temporal masking;
 (c) ``MtM pre-trained``: MtM pre-trained on every session of the *other* groups
     (session-balanced batches), then fine-tuned on the held-out session with the same
@@ -39,6 +40,8 @@ __all__ = ["MODELS", "PARTS", "QualityConfig", "group_sessions", "run_quality_be
 MODELS = ("MtM scratch", "temporal scratch", "MtM pre-trained", "linear")
 #: The pieces of work of one held-out group, selectable to spread a benchmark over processes.
 PARTS = ("pretrain", "mtm", "temporal", "finetune", "linear")
+#: The masking of the benchmark's MtM models: the default training mixture.
+MTM = "mtm-temporal"
 DEFAULT_TASKS = ("co-smoothing", "forward-prediction", "inter-region", "intra-region", "choice")
 
 
@@ -224,14 +227,14 @@ class _Bench:
             self.groups_of[session_id] = group
 
 
-def _train_scratch(bench: _Bench, session: Session, group: str, masking: str) -> Path:
+def _train_scratch(bench: _Bench, session: Session, group: str, part: str) -> Path:
     from spikemask.training.run import train
 
-    run = bench.out / "runs" / group / session.session_id / f"{masking}-scratch"
+    run = bench.out / "runs" / group / session.session_id / f"{part}-scratch"
     if not _done(run):
-        config = bench.config.run_config(masking, bench.config.steps)
+        config = bench.config.run_config(MTM if part == "mtm" else part, bench.config.steps)
         bench.timed(
-            f"{masking} from scratch on {session.session_id}",
+            f"{part} from scratch on {session.session_id}",
             lambda: _finished(run, train([session], run, config=config, resume=_resumable(run))),
         )
     return run
@@ -242,7 +245,7 @@ def _pretrain(bench: _Bench, group: str, others: list[Session]) -> Path:
 
     run = bench.out / "runs" / group / "pretrain-mtm"
     if not _done(run):
-        config = bench.config.run_config("mtm", bench.config.pretrain_steps, "balanced")
+        config = bench.config.run_config(MTM, bench.config.pretrain_steps, "balanced")
         bench.timed(
             f"MtM pre-training without {group} ({len(others)} sessions)",
             lambda: _finished(run, train(others, run, config=config, resume=_resumable(run))),
@@ -255,7 +258,7 @@ def _finetune(bench: _Bench, pretrained: Path, session: Session, group: str) -> 
 
     run = bench.out / "runs" / group / session.session_id / "mtm-finetuned"
     if not _done(run):
-        config = bench.config.run_config("mtm", bench.config.steps)
+        config = bench.config.run_config(MTM, bench.config.steps)
         bench.timed(
             f"MtM fine-tuning on {session.session_id}",
             lambda: _finished(
@@ -343,9 +346,9 @@ def _check_selection(groups: dict[str, list[Session]], config: QualityConfig) ->
 def _run_session(bench: _Bench, session: Session, group: str, pretrained: Path) -> None:
     """This process's parts of the benchmark on one held-out session."""
     parts = bench.config.parts
-    for masking, name in (("mtm", "MtM scratch"), ("temporal", "temporal scratch")):
-        if masking in parts:
-            run = _train_scratch(bench, session, group, masking)
+    for part, name in (("mtm", "MtM scratch"), ("temporal", "temporal scratch")):
+        if part in parts:
+            run = _train_scratch(bench, session, group, part)
             bench.add(name, group, bench.evaluate(run, session))
     if "finetune" in parts:
         if not _done(pretrained):

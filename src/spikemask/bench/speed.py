@@ -15,13 +15,15 @@ model), its fraction of the measured matmul peak of that precision, and peak mem
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import resource
 import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,15 +108,20 @@ class SpeedConfig:
 
 def synthetic_session(units: int, bins: int, trials: int, *, seed: int = 0) -> Session:
     """A Poisson session of ``trials`` training trials (and a few validation trials),
-    its units spread over four labelled regions (so region masking applies)."""
+    its units spread over four labelled regions (so region masking applies).
+
+    At most 64 distinct trials are drawn and repeated: speed does not depend on the
+    counts, and a batch of 256 trials of 668 units would otherwise take seconds to draw.
+    """
     rng = np.random.default_rng(seed)
     rates = rng.gamma(0.5, 0.1, size=(1, 1, units))  # (1, 1, N) counts per bin
 
     def split(count: int, start: int) -> TrialSet:
-        spikes = rng.poisson(rates, size=(count, bins, units)).astype(np.uint8)
+        distinct = rng.poisson(rates, size=(min(count, 64), bins, units)).astype(np.uint8)
+        spikes = np.resize(distinct, (count, bins, units))  # (K, T, N), repeats the draws
         return TrialSet(spikes=spikes, trial_index=np.arange(start, start + count))
 
-    num_val = max(2, trials // 16)
+    num_val = max(2, min(trials // 16, 64))
     return Session(
         session_id="bench-speed",
         bin_size_s=0.01,
@@ -148,9 +155,10 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, *, repeats:
 
 
 def count_step_flops(config: RunConfig, session: Session, batch_size: int) -> float:
-    """FLOPs of one training step (forward and backward of the model, on the CPU, counted
-    by ``torch.utils.flop_counter.FlopCounterMode``; the count does not depend on the
-    device or precision)."""
+    """FLOPs of one training step of ``batch_size`` trials: forward and backward of the
+    model, counted by ``torch.utils.flop_counter.FlopCounterMode`` on one trial on the CPU
+    and multiplied by ``batch_size`` (every operation acts on each trial alone; the count
+    does not depend on the device or precision)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from spikemask.masking import SCHEMES
@@ -161,7 +169,7 @@ def count_step_flops(config: RunConfig, session: Session, batch_size: int) -> fl
         config.model, sessions={session.session_id: session.num_units}, num_prompts=len(SCHEMES)
     )
     module = MtMModule(model, masking=config.masking, train=config.train)
-    spikes = torch.from_numpy(session.split("train").spikes[:batch_size].astype(np.float32))
+    spikes = torch.from_numpy(session.split("train").spikes[:1].astype(np.float32))  # (1, T, N)
     region_ids = torch.arange(session.num_units) % 4
     spec = module.mixture.sample(
         tuple(spikes.shape), generator=step_generator(0), region_ids=region_ids
@@ -170,7 +178,7 @@ def count_step_flops(config: RunConfig, session: Session, batch_size: int) -> fl
     with FlopCounterMode(display=False) as counter:
         total, _ = module._loss_terms(batch, spec)
         total.backward()
-    return float(counter.get_total_flops())
+    return float(counter.get_total_flops()) * batch_size
 
 
 class _StepTimer(Callback):
@@ -182,11 +190,13 @@ class _StepTimer(Callback):
         self.start: float | None = None
         self.seconds = 0.0
         self.steps = 0
+        self.threads = 0
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if self.start is None and trainer.global_step >= self.warmup:
             _sync(self.device)
             self.start = time.perf_counter()
+            self.threads = torch.get_num_threads()
         elif self.start is not None and trainer.global_step > self.warmup:
             _sync(self.device)
             self.seconds = time.perf_counter() - self.start
@@ -200,9 +210,12 @@ class _Side:
     setting: SpeedSetting
     config: RunConfig
     model: torch.nn.Module
+    session: Session
+    flop_per_batch: float = 0.0
     seconds: list[float] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
     cuda_peak_bytes: int = 0
+    threads: int = 0
 
 
 def _side_config(bench: SpeedConfig, setting: SpeedSetting) -> RunConfig:
@@ -226,10 +239,11 @@ def _side_config(bench: SpeedConfig, setting: SpeedSetting) -> RunConfig:
     return config
 
 
-def _run_block(side: _Side, session: Session, bench: SpeedConfig, device: torch.device) -> None:
+def _run_block(side: _Side, bench: SpeedConfig, device: torch.device) -> None:
     from spikemask.data.regions import RegionVocabulary
     from spikemask.training.run import fit
 
+    session = side.session
     timer = _StepTimer(bench.warmup_steps, device)
     folder = Path(tempfile.mkdtemp(prefix="spikemask-bench-speed-"))
     if device.type == "cuda":
@@ -246,6 +260,7 @@ def _run_block(side: _Side, session: Session, bench: SpeedConfig, device: torch.
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    side.threads = timer.threads
     if timer.steps < 1:
         raise SpikemaskError("bench speed: no timed step finished; raise --block-steps")
     side.seconds.append(timer.seconds)
@@ -261,10 +276,11 @@ def _device(accelerator: str) -> torch.device:
     return torch.device("cuda" if use_cuda else "cpu")
 
 
-def _summary(side: _Side, bench: SpeedConfig, flops: float, peaks: dict[str, float]) -> dict:
+def _summary(side: _Side, bench: SpeedConfig, peaks: dict[str, float]) -> dict:
     from spikemask.training.speed import resolve_precision
 
-    trials = bench.batch_size * side.config.train.accumulate_grad_batches
+    flops = side.flop_per_batch
+    trials = side.config.data.batch_size * side.config.train.accumulate_grad_batches
     per_step = [s / n for s, n in zip(side.seconds, side.steps, strict=True)]
     step_s = statistics.median(per_step)
     precision = resolve_precision(str(side.config.train.precision), bench.accelerator)
@@ -273,6 +289,9 @@ def _summary(side: _Side, bench: SpeedConfig, flops: float, peaks: dict[str, flo
     return {
         "label": side.setting.label,
         "sets": list(side.setting.sets),
+        "batch_size": side.config.data.batch_size,
+        "accumulate_grad_batches": side.config.train.accumulate_grad_batches,
+        "torch_threads": side.threads,
         "precision": precision,
         "compile": side.config.train.compile,
         "step_s_per_block": per_step,
@@ -290,41 +309,24 @@ def run_speed_benchmark(
     bench: SpeedConfig, out: str | Path, *, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Measure, write ``out/results.json`` and ``out/table.md``, return the results."""
-    from spikemask.masking import SCHEMES
-    from spikemask.models import build_model
-    from spikemask.training.run import init_unit_rates
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = _device(bench.accelerator)
+    # the settings first: a bad override fails before any measurement
+    sides = [_make_side(bench, setting, index) for index, setting in enumerate(bench.settings)]
     size = bench.peak_size or (8192 if device.type == "cuda" else 1024)
     peaks = {
         name: matmul_peak(device, dtype, size)
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
     }
     log(
-        f"matmul peak on {device}: fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, "
-        f"bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s"
+        f"matmul peak on {device}: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, "
+        f"bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s"
     )
-    sides = []
-    for index, setting in enumerate(bench.settings):
-        config = _side_config(bench, setting)
-        trials = (
-            bench.batch_size
-            * config.train.accumulate_grad_batches
-            * (bench.warmup_steps + bench.block_steps)
-        )
-        session = synthetic_session(bench.units, bench.bins, trials, seed=bench.seed)
-        torch.manual_seed(bench.seed + index)
-        model = build_model(
-            config.model, sessions={session.session_id: session.num_units}, num_prompts=len(SCHEMES)
-        )
-        init_unit_rates(model, [session])
-        sides.append((_Side(setting, config, model), session))
-    flops = count_step_flops(sides[0][0].config, sides[0][1], bench.batch_size)
     for block in range(bench.blocks):
-        for side, session in sides:
-            _run_block(side, session, bench, device)
+        for side in sides:
+            with _quiet_lightning_info():
+                _run_block(side, bench, device)
             log(
                 f"block {block + 1}/{bench.blocks} {side.setting.label}: "
                 f"{side.seconds[-1] / side.steps[-1] * 1e3:.1f} ms/step"
@@ -333,11 +335,11 @@ def run_speed_benchmark(
         "machine": _machine(device),
         "bench": {**asdict(bench), "settings": [asdict(s) for s in bench.settings]},
         "peak_flop_per_s": peaks,
-        "settings": [_summary(side, bench, flops, peaks) for side, _ in sides],
+        "settings": [_summary(side, bench, peaks) for side in sides],
         "cpu_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
     if len(sides) == 2:
-        a, b = (side for side, _ in sides)
+        a, b = sides
         ratios = [
             (sa / na) / (sb / nb)
             for sa, na, sb, nb in zip(a.seconds, a.steps, b.seconds, b.steps, strict=True)
@@ -346,6 +348,37 @@ def run_speed_benchmark(
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "table.md").write_text(speed_table(results))
     return results
+
+
+def _make_side(bench: SpeedConfig, setting: SpeedSetting, index: int) -> _Side:
+    from spikemask.masking import SCHEMES
+    from spikemask.models import build_model
+    from spikemask.training.run import init_unit_rates
+
+    config = _side_config(bench, setting)
+    batch = config.data.batch_size
+    steps = config.train.accumulate_grad_batches * (bench.warmup_steps + bench.block_steps)
+    session = synthetic_session(bench.units, bench.bins, batch * min(steps, 8), seed=bench.seed)
+    torch.manual_seed(bench.seed + index)
+    model = build_model(
+        config.model, sessions={session.session_id: session.num_units}, num_prompts=len(SCHEMES)
+    )
+    init_unit_rates(model, [session])
+    side = _Side(setting, config, model, session)
+    side.flop_per_batch = count_step_flops(config, session, batch)
+    return side
+
+
+@contextlib.contextmanager
+def _quiet_lightning_info() -> Iterator[None]:
+    """Lightning's per-fit notes ("GPU available", "max_steps reached") are noise here."""
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _machine(device: torch.device) -> dict[str, Any]:

@@ -132,6 +132,13 @@ class MtMModule(L.LightningModule):
             self._ema = {n: t.to(self.device) for n, t in saved.items()}
 
     # ------------------------------------------------------------------ steps
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Counts arrive as integers (smaller to copy) and become float32 on the device."""
+        spikes = batch["spikes"]
+        if not spikes.is_floating_point():
+            batch = {**batch, "spikes": spikes.float()}
+        return batch
+
     def _region_ids_on_host(self, batch: dict) -> torch.Tensor:
         """(N,) region ids of the batch's session on the CPU, copied once per session."""
         session_id = batch["session_id"]

@@ -176,9 +176,30 @@ def test_compiled_encoder_gives_the_same_outputs():
     from spikemask.models import build_model
 
     config = _tiny()
-    model = build_model(config.model, sessions={"s": 11}, num_prompts=len(SCHEMES)).eval()
+    model = build_model(config.model, sessions={"s": 11}, num_prompts=len(SCHEMES))
     spikes = torch.poisson(torch.full((3, 7, 11), 0.5), generator=torch.Generator().manual_seed(0))
     eager = model(spikes, session_id="s", prompt=1).log_rates
     speed.compile_encoder(model)
     compiled = model(spikes, session_id="s", prompt=1).log_rates
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_batches_carry_integer_counts_made_float_after_the_transfer():
+    import numpy as np
+
+    from spikemask.models import build_model
+    from spikemask.training.batches import BatchKey, SessionTrialsDataset
+    from spikemask.training.module import MtMModule
+
+    session = make_session()
+    train_set = session.split("train")
+    dataset = SessionTrialsDataset(["tiny"], [train_set], [np.zeros(11, dtype=np.int64)])
+    item = dataset[BatchKey(session=0, rows=(2, 0), offset=0, global_size=2, batch_id=0)]
+    assert item["spikes"].dtype == torch.int16  # stored as uint16: half the bytes of float32
+    config = _tiny()
+    model = build_model(config.model, sessions={"tiny": 11}, num_prompts=len(SCHEMES))
+    module = MtMModule(model, masking=config.masking, train=config.train)
+    moved = module.on_after_batch_transfer(item, 0)
+    expected = torch.from_numpy(train_set.spikes[[2, 0]].astype(np.float32))
+    assert moved["spikes"].dtype == torch.float32
+    assert torch.equal(moved["spikes"], expected)

@@ -195,6 +195,15 @@ class SessionTrialsDataset(Dataset):
         self.null_log_rates = [
             torch.from_numpy(mean_log_rate(t.spikes)) for t in (reference or trial_sets)
         ]
+        self._int16: dict[int, bool] = {}
+
+    def _fits_int16(self, session: int) -> bool:
+        """Whether every count of a session is below 2**15 (checked once per session)."""
+        fits = self._int16.get(session)
+        if fits is None:
+            spikes = self.trial_sets[session].spikes
+            fits = self._int16[session] = bool(spikes.size == 0 or spikes.max() < 2**15)
+        return fits
 
     def trial_counts(self) -> list[int]:
         return [t.num_trials for t in self.trial_sets]
@@ -207,7 +216,9 @@ class SessionTrialsDataset(Dataset):
         # integer counts as stored (2 bytes each, not 4): the module makes them float on
         # the device, so a large batch costs the host no conversion and half the copy
         counts = np.ascontiguousarray(self.trial_sets[key.session].spikes[rows])
-        if counts.dtype not in (np.uint8, np.uint16, np.int16, np.int32):
+        if counts.dtype == np.uint16 and self._fits_int16(key.session):
+            counts = counts.view(np.int16)  # torch supports int16 everywhere, uint16 barely
+        elif counts.dtype not in (np.uint8, np.int16, np.int32):
             counts = counts.astype(np.float32)
         return {
             "spikes": torch.from_numpy(counts),  # (b, T, N) integer counts

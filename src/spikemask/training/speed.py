@@ -96,10 +96,24 @@ def torch_threads(num_threads: int | None) -> Iterator[int]:
 
 
 def compile_encoder(model: nn.Module) -> None:
-    """``torch.compile`` the model's shared encoder in place (its parameter names and
-    checkpoints do not change). The per-session layers stay eager: compiling them would
-    compile once per session."""
-    model.encoder.compile()
+    """``torch.compile`` the model's shared encoder for training, in place (its parameter
+    names and checkpoints do not change).
+
+    The per-session layers stay eager (compiling them would compile once per session), and
+    so does the encoder in eval mode: validation is a small share of the time, and would
+    otherwise compile graphs of its own.
+    """
+    encoder = model.encoder
+    if getattr(encoder, "_spikemask_compiled", False):
+        return
+    eager = encoder.forward
+    compiled = torch.compile(eager)
+
+    def forward(*args, **kwargs):
+        return compiled(*args, **kwargs) if encoder.training else eager(*args, **kwargs)
+
+    encoder.forward = forward
+    encoder._spikemask_compiled = True
 
 
 def validation_interval(val_every_n_steps: int | None, batches_per_epoch: int, accumulate: int):

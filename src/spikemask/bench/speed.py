@@ -217,6 +217,7 @@ class _Side:
     steps: list[int] = field(default_factory=list)
     cuda_peak_bytes: int = 0
     threads: int = 0
+    peaks: dict[str, float] = field(default_factory=dict)
 
 
 def _side_config(bench: SpeedConfig, setting: SpeedSetting) -> RunConfig:
@@ -277,7 +278,18 @@ def _device(accelerator: str) -> torch.device:
     return torch.device("cuda" if use_cuda else "cpu")
 
 
-def _summary(side: _Side, bench: SpeedConfig, peaks: dict[str, float]) -> dict:
+def _measure_peaks(side: _Side, device: torch.device, size: int) -> None:
+    """The matmul peaks with the setting's torch threads, best of every measurement so far
+    (one before each block: on a shared machine a single one may fall while a neighbour
+    is busy)."""
+    from spikemask.training.speed import torch_threads
+
+    with torch_threads(side.config.train.num_threads):
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            side.peaks[name] = max(side.peaks.get(name, 0.0), matmul_peak(device, dtype, size))
+
+
+def _summary(side: _Side, bench: SpeedConfig) -> dict:
     from spikemask.training.speed import resolve_precision
 
     flops = side.flop_per_batch
@@ -285,7 +297,7 @@ def _summary(side: _Side, bench: SpeedConfig, peaks: dict[str, float]) -> dict:
     per_step = [s / n for s, n in zip(side.seconds, side.steps, strict=True)]
     step_s = statistics.median(per_step)
     precision = resolve_precision(str(side.config.train.precision), bench.accelerator)
-    peak = peaks["bf16"] if precision.startswith("bf16") else peaks["fp32"]
+    peak = side.peaks["bf16"] if precision.startswith("bf16") else side.peaks["fp32"]
     achieved = flops * side.config.train.accumulate_grad_batches / step_s
     return {
         "label": side.setting.label,
@@ -301,6 +313,7 @@ def _summary(side: _Side, bench: SpeedConfig, peaks: dict[str, float]) -> dict:
         "tokens_per_s": trials * bench.bins / step_s,
         "flop_per_step": flops * side.config.train.accumulate_grad_batches,
         "flop_per_s": achieved,
+        "peak_flop_per_s": peak,
         "fraction_of_peak": achieved / peak,
         "cuda_max_allocated_bytes": side.cuda_peak_bytes or None,
     }
@@ -316,20 +329,16 @@ def run_speed_benchmark(
     # the settings first: a bad override fails before any measurement
     sides = [_make_side(bench, setting, index) for index, setting in enumerate(bench.settings)]
     size = bench.peak_size or (8192 if device.type == "cuda" else 1024)
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    peaks = dict.fromkeys(dtypes, 0.0)
     for block in range(bench.blocks):
-        # the peak is the best of a measurement before every block: on a shared machine a
-        # single one may fall while a neighbour is busy
-        for name, dtype in dtypes.items():
-            peaks[name] = max(peaks[name], matmul_peak(device, dtype, size))
         for side in sides:
+            _measure_peaks(side, device, size)
             with _quiet_lightning_info():
                 _run_block(side, bench, device)
             log(
                 f"block {block + 1}/{bench.blocks} {side.setting.label}: "
                 f"{side.seconds[-1] / side.steps[-1] * 1e3:.1f} ms/step"
             )
+    peaks = {name: max(side.peaks[name] for side in sides) for name in ("fp32", "bf16")}
     log(
         f"matmul peak on {device} (best of {bench.blocks}): fp32 {peaks['fp32'] / 1e9:.1f} "
         f"GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s"
@@ -338,7 +347,7 @@ def run_speed_benchmark(
         "machine": _machine(device),
         "bench": {**asdict(bench), "settings": [asdict(s) for s in bench.settings]},
         "peak_flop_per_s": peaks,
-        "settings": [_summary(side, bench, peaks) for side in sides],
+        "settings": [_summary(side, bench) for side in sides],
         "cpu_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
     if len(sides) == 2:
@@ -414,19 +423,20 @@ def speed_table(results: dict[str, Any]) -> str:
     lines = [
         f"{bench['preset']} preset, {bench['units']} units x {bench['bins']} bins, batch "
         f"{bench['batch_size']}, {bench['masking']} masking, on {results['machine']['device']} "
-        f"({results['machine'].get('gpu') or results['machine']['cpu']}); matmul peak fp32 "
-        f"{peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s",
+        f"({results['machine'].get('gpu') or results['machine']['cpu']}); best matmul peak "
+        f"fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s",
         "",
-        "| setting | precision | compile | ms/step | trials/s | tokens/s | GFLOP/s | "
-        "of peak | CUDA max alloc. |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| setting | precision | compile | threads | ms/step | trials/s | tokens/s | GFLOP/s | "
+        "peak GFLOP/s | of peak | CUDA max alloc. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["settings"]:
         memory = row["cuda_max_allocated_bytes"]
         lines.append(
             f"| {row['label']} | {row['precision']} | {'on' if row['compile'] else 'off'} | "
-            f"{row['step_s'] * 1e3:.1f} | {row['trials_per_s']:.1f} | {row['tokens_per_s']:.0f} | "
-            f"{row['flop_per_s'] / 1e9:.1f} | {100 * row['fraction_of_peak']:.0f} % | "
+            f"{row['torch_threads']} | {row['step_s'] * 1e3:.1f} | {row['trials_per_s']:.1f} | "
+            f"{row['tokens_per_s']:.0f} | {row['flop_per_s'] / 1e9:.1f} | "
+            f"{row['peak_flop_per_s'] / 1e9:.1f} | {100 * row['fraction_of_peak']:.0f} % | "
             f"{f'{memory / 2**30:.2f} GiB' if memory else '-'} |"
         )
     lines.append("")

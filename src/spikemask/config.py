@@ -90,7 +90,8 @@ class TrainConfig:
         warmup_fraction: Fraction of the schedule spent warming up.
         gradient_clip: Gradient-norm clip (0 = off).
         seed: Seed of every random choice (sampling, masks, dropout, initialisation).
-        precision: ``auto`` picks bf16 autocast on GPUs that support it, else 32-bit
+        precision: ``auto`` picks bf16 autocast on GPUs that support it and on CPUs with
+            bf16 instructions (``avx512_bf16`` or AMX), else 32-bit
             (see :func:`spikemask.training.speed.resolve_precision`).
         accelerator / devices / num_nodes / strategy: Passed to Lightning's Trainer.
         compile: ``torch.compile`` the shared encoder (pays off on GPUs at large batches;

@@ -26,9 +26,10 @@ __all__ = [
     "validation_interval",
 ]
 
-#: Whether ``precision=auto`` trains in bf16 autocast on CPUs with bf16 instructions. Off:
-#: the fp32 / bf16 comparison on a real session's validation split is in BENCHMARKS.md.
-CPU_BF16_BY_DEFAULT = False
+#: Whether ``precision=auto`` trains in bf16 autocast on CPUs with bf16 instructions. On:
+#: on a real session's validation split bf16 and fp32 models score within 0.004 bits per
+#: spike of each other on every task, and bf16 steps are 1.4-1.6x faster (BENCHMARKS.md §8).
+CPU_BF16_BY_DEFAULT = True
 
 
 @cache

@@ -203,3 +203,20 @@ def test_batches_carry_integer_counts_made_float_after_the_transfer():
     expected = torch.from_numpy(train_set.spikes[[2, 0]].astype(np.float32))
     assert moved["spikes"].dtype == torch.float32
     assert torch.equal(moved["spikes"], expected)
+
+
+def test_fused_adamw_trains_with_bf16_and_gradient_clipping(tmp_path, monkeypatch):
+    """Lightning refuses to clip gradients for an optimiser that says it unscales inside
+    step(); the fused AdamW (forced here on the CPU) must train with clipping anyway."""
+    from spikemask.training import module
+
+    monkeypatch.setattr(module, "use_fused_adamw", lambda params, precision: True)
+    config = _tiny(
+        "train.max_steps=2",
+        "train.max_epochs=null",
+        "train.precision=bf16-mixed",
+        "train.gradient_clip=1.0",
+    )
+    result = train([make_session()], tmp_path / "run", config=config)
+    assert result.steps == 2
+    assert math.isfinite(result.best_val_loss)

@@ -18,10 +18,12 @@ from spikemask.models.layers import INITIAL_RATE
 
 __all__ = [
     "MtMModule",
+    "adamw",
     "masked_poisson_nll",
     "one_cycle_factor",
     "schedule_progress",
     "step_generator",
+    "use_fused_adamw",
 ]
 
 _TRAIN, _VAL = 1, 2
@@ -292,11 +294,8 @@ class MtMModule(L.LightningModule):
         params = self._trainable if self._trainable is not None else list(self.parameters())
         params = [p for p in params if p.requires_grad]
         cfg = self.train_config
-        # the fused CUDA kernel updates every parameter in one launch
-        fused = bool(params) and all(p.is_cuda for p in params)
-        optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None
-        )
+        precision = str(getattr(self._trainer, "precision", "32-true"))
+        optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, precision=precision)
         total = self.trainer.estimated_stepping_batches
         budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
         progress = schedule_progress(total_steps=total, budget_s=budget_s)
@@ -304,6 +303,26 @@ class MtMModule(L.LightningModule):
             optimizer, lambda step: one_cycle_factor(progress(step), cfg.warmup_fraction)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def use_fused_adamw(params: list[nn.Parameter], precision: str) -> bool:
+    """Fused AdamW (one kernel for every parameter) when every parameter is on CUDA, except
+    under 16-bit mixed precision, whose gradient scaler must unscale before clipping."""
+    return bool(params) and all(p.is_cuda for p in params) and precision != "16-mixed"
+
+
+def adamw(
+    params: list[nn.Parameter], *, lr: float, weight_decay: float, precision: str
+) -> torch.optim.AdamW:
+    """The training optimiser: AdamW, fused where :func:`use_fused_adamw` says so."""
+    fused = use_fused_adamw(params, precision)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    if fused:
+        # The flag tells a gradient scaler that step() unscales by itself; without a scaler
+        # (fp32, bf16) it only makes Lightning refuse to clip gradients. Off, clipping works
+        # and the step is the same fused kernel.
+        optimizer._step_supports_amp_scaling = False
+    return optimizer
 
 
 def schedule_progress(*, total_steps: float, budget_s: float | None):

@@ -60,6 +60,7 @@ from spikemask.training.speed import (
     compile_encoder,
     resolve_precision,
     torch_threads,
+    uses_cuda,
     validation_interval,
 )
 
@@ -119,6 +120,8 @@ def build_dataloader(
         batch_size=None,
         num_workers=workers,
         persistent_workers=workers > 0,
+        # page-locked batches: the copy to the GPU runs without the host waiting for it
+        pin_memory=uses_cuda(str(config.train.accelerator)),
     )
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "free_cores",
     "resolve_precision",
     "torch_threads",
+    "uses_cuda",
     "validation_interval",
 ]
 
@@ -47,7 +48,8 @@ def cpu_supports_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def _uses_cuda(accelerator: str) -> bool:
+def uses_cuda(accelerator: str) -> bool:
+    """Whether Lightning's ``accelerator`` setting trains on a CUDA GPU here."""
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
@@ -59,7 +61,7 @@ def resolve_precision(value: str, accelerator: str = "auto") -> str:
     """
     if value != "auto":
         return value if value != "32" else "32-true"
-    if _uses_cuda(accelerator):
+    if uses_cuda(accelerator):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
     if CPU_BF16_BY_DEFAULT and cpu_supports_bf16():
         return "bf16-mixed"

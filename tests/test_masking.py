@@ -319,7 +319,7 @@ BAD_CALLS = [
         lambda: neuron_mask(SHAPE, generator=gen(), unit_valid=torch.zeros(N, dtype=torch.bool)),
     ),
     ("patch_size", lambda: random_token_mask(SHAPE, patch_size=0, generator=gen())),
-    ("CPU torch.Generator", lambda: temporal_mask(SHAPE, generator=None)),
+    ("pass a torch.Generator", lambda: temporal_mask(SHAPE, generator=None)),
     ("unknown masking scheme", lambda: MaskingConfig(schemes=("neuron", "spatial"))),
     ("unknown masking scheme", lambda: build("spatial")),
     ("unknown masking preset", lambda: MaskingConfig.preset("mtm2")),

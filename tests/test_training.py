@@ -27,6 +27,8 @@ TINY = [
     "train.tensorboard=false",
     "train.log_every_n_steps=1",
     "train.lr=0.01",
+    # these tests follow validation epoch by epoch (the default interval is by steps)
+    "train.val_every_n_steps=null",
 ]
 
 

@@ -16,9 +16,18 @@ _QUALITY_HELP = (
 )
 
 
+_SPEED_HELP = (
+    "Training speed on this machine: the fp32 and bf16 matmul peak, then training "
+    "throughput (trials/s, tokens/s, FLOP/s and fraction of the peak) and peak memory "
+    "through the real training loop, on a synthetic session of the given shape. Two "
+    "settings (--a, --b: config overrides) take turns in short timed blocks so their ratio "
+    "survives a noisy machine. Writes results.json and table.md."
+)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``spikemask bench quality``."""
-    bench = sub.add_parser("bench", help="benchmarks: model quality on held-out animals")
+    """Add ``spikemask bench quality`` and ``spikemask bench speed``."""
+    bench = sub.add_parser("bench", help="benchmarks: model quality, training speed")
     kinds = bench.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
     p = kinds.add_parser("quality", help="leave-one-animal-out quality", description=_QUALITY_HELP)
     p.add_argument("data", nargs="+", help="dataset folders (or a .txt file listing them)")
@@ -63,10 +72,68 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", default="auto", help="where models are evaluated (default auto: a GPU if any)"
     )
+    _add_speed(kinds)
     cli_more.COMMANDS["bench"] = cmd_bench
 
 
+def _add_speed(kinds: argparse._SubParsersAction) -> None:
+    p = kinds.add_parser("speed", help="training throughput, A/B paired", description=_SPEED_HELP)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--preset", choices=("small", "paper"), default="small")
+    p.add_argument("--units", type=int, default=668, help="units of the synthetic session")
+    p.add_argument("--bins", type=int, default=100, help="time bins per trial")
+    p.add_argument("--batch-size", type=int, default=16, help="trials per batch")
+    p.add_argument("--masking", default="mtm", help="masking preset (default mtm)")
+    p.add_argument("--a", nargs="*", default=[], metavar="KEY=VALUE", help="setting A overrides")
+    p.add_argument("--b", nargs="*", metavar="KEY=VALUE", help="setting B overrides (optional)")
+    p.add_argument("--label-a", help="name of setting A in the table")
+    p.add_argument("--label-b", help="name of setting B in the table")
+    p.add_argument("--blocks", type=int, default=3, help="timed blocks per setting")
+    p.add_argument("--block-steps", type=int, default=10, help="timed steps per block")
+    p.add_argument("--warmup-steps", type=int, default=3, help="untimed steps per block")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--peak-size", type=int, default=0, help="peak matmul size (0: by device)")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench_kind == "speed":
+        return _cmd_speed(args)
+    return _cmd_quality(args)
+
+
+def _cmd_speed(args: argparse.Namespace) -> int:
+    from spikemask.bench.speed import SpeedConfig, parse_setting, run_speed_benchmark
+    from spikemask.masking.mixture import PRESETS
+
+    if args.masking not in PRESETS:
+        from spikemask.errors import SpikemaskError
+
+        raise SpikemaskError(f"--masking {args.masking!r}; expected one of {list(PRESETS)}")
+    settings = [parse_setting(args.label_a, args.a, "A")]
+    if args.b is not None:
+        settings.append(parse_setting(args.label_b, args.b, "B"))
+    config = SpeedConfig(
+        preset=args.preset,
+        units=args.units,
+        bins=args.bins,
+        batch_size=args.batch_size,
+        settings=tuple(settings),
+        blocks=args.blocks,
+        block_steps=args.block_steps,
+        warmup_steps=args.warmup_steps,
+        masking=args.masking,
+        accelerator=args.device,
+        peak_size=args.peak_size,
+        seed=args.seed,
+    )
+    run_speed_benchmark(config, args.out, log=lambda line: print(line, flush=True))
+    print((args.out / "table.md").read_text())
+    print(f"results        {args.out / 'results.json'}")
+    return 0
+
+
+def _cmd_quality(args: argparse.Namespace) -> int:
     from spikemask.bench.quality import (
         DEFAULT_TASKS,
         PARTS,

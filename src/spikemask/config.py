@@ -90,8 +90,20 @@ class TrainConfig:
         warmup_fraction: Fraction of the schedule spent warming up.
         gradient_clip: Gradient-norm clip (0 = off).
         seed: Seed of every random choice (sampling, masks, dropout, initialisation).
-        precision: ``auto`` picks bf16 autocast on GPUs that support it, else 32-bit.
+        precision: ``auto`` picks bf16 autocast on GPUs that support it and on CPUs with
+            bf16 instructions (``avx512_bf16`` or AMX), else 32-bit
+            (see :func:`spikemask.training.speed.resolve_precision`).
         accelerator / devices / num_nodes / strategy: Passed to Lightning's Trainer.
+        compile: ``torch.compile`` the shared encoder (pays off on GPUs at large batches;
+            the first steps are slower while it compiles).
+        accumulate_grad_batches: Batches whose gradients add up to one optimiser step (an
+            effective batch of ``accumulate_grad_batches * data.batch_size`` trials).
+        val_every_n_steps: Validate every this many optimiser steps, or at the end of every
+            epoch when an epoch is longer (``None`` = at the end of every epoch). Training
+            also ends with a validation, so the last weights are always scored.
+        num_threads: CPU threads of torch (``None`` = the cores this process may use that
+            are not busy with other work, from ``os.sched_getaffinity`` and the load
+            average).
         log_every_n_steps: Logging interval.
         tensorboard: Also write TensorBoard logs (CSV logs are always written).
         progress_bar: Show a progress bar.
@@ -115,6 +127,10 @@ class TrainConfig:
     devices: str | int = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
+    compile: bool = False
+    accumulate_grad_batches: int = 1
+    val_every_n_steps: int | None = 100
+    num_threads: int | None = None
     log_every_n_steps: int = 10
     tensorboard: bool = True
     progress_bar: bool = True
@@ -144,9 +160,12 @@ class TrainConfig:
         _check_choice("train.precision", str(self.precision), PRECISIONS)
         _check_positive("train.num_nodes", self.num_nodes)
         _check_positive("train.log_every_n_steps", self.log_every_n_steps)
-        for name in ("checkpoint_every_n_steps", "checkpoint_every_minutes"):
+        _check_positive("train.accumulate_grad_batches", self.accumulate_grad_batches)
+        for name in ("checkpoint_every_n_steps", "checkpoint_every_minutes", "val_every_n_steps"):
             if getattr(self, name) is not None:
                 _check_positive(f"train.{name}", getattr(self, name))
+        if self.num_threads is not None:
+            _check_positive("train.num_threads", self.num_threads)
 
 
 @dataclass

@@ -172,16 +172,20 @@ class MaskingMixture:
         region_ids: Tensor | None = None,
         unit_valid: Tensor | None = None,
         device: Device = None,
+        mask_generator: torch.Generator | None = None,
     ) -> MaskSpec:
         """Draw one scheme for the whole batch, then build its mask.
 
         Args:
             shape: (B, T, N) of the counts.
-            generator: CPU ``torch.Generator`` (used for the draw and for the mask).
+            generator: CPU ``torch.Generator`` (used for the draw, and for the mask unless
+                ``mask_generator`` is given).
             region_ids: (N,) long region index per unit (negative = unlabelled); needed by
                 the region schemes.
             unit_valid: optional (N,) or (B, N) bool, False = padding unit.
-            device: where the returned masks live (default CPU).
+            device: where the returned masks live (default: where they were drawn).
+            mask_generator: draws the mask instead of ``generator``, on its own device (a
+                generator on the GPU builds the mask there without host synchronisation).
 
         Returns:
             MaskSpec with (B, T, N) ``hidden`` and ``scored``.
@@ -190,7 +194,7 @@ class MaskingMixture:
         return self.build(
             scheme,
             shape,
-            generator=generator,
+            generator=mask_generator if mask_generator is not None else generator,
             region_ids=region_ids,
             unit_valid=unit_valid,
             device=device,
@@ -208,7 +212,8 @@ class MaskingMixture:
     ) -> MaskSpec:
         """Build the mask of a given scheme (any of SCHEMES) with this config's ratios.
 
-        Arguments and return value as in :meth:`sample`.
+        Arguments and return value as in :meth:`sample`; ``generator`` may be on any
+        device (the mask is drawn there).
         """
         _check_known((scheme,), "MaskingMixture.build")
         kwargs = {"generator": generator, "unit_valid": unit_valid, "device": device}

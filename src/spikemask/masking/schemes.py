@@ -1,8 +1,10 @@
 """Masking schemes: which entries of a (B, T, N) count tensor are hidden and which are scored.
 
 Each scheme is a small pure function returning a :class:`MaskSpec`. Masks are drawn on the
-CPU with the caller's CPU ``torch.Generator`` and only then moved to ``device``, so one seed
-gives the same masks on every device. Every example (row of the batch) gets its own draw.
+device of the caller's ``torch.Generator`` and then moved to ``device``: with a CPU
+generator one seed gives the same masks on every device; a generator on an accelerator
+draws there (fast, no host synchronisation; the same seed gives the same masks on the same
+kind of device). Every example (row of the batch) gets its own draw.
 Counts are exact, not Bernoulli: a ratio ``r`` of ``L`` candidates hides ``round(r * L)``
 of them, at least 1 and at most ``L - 1`` so that something of that kind stays visible.
 Padding units (``unit_valid`` False) are never hidden nor scored.
@@ -58,10 +60,10 @@ __all__ = [
 
 
 def _bin_scheme(scheme: str, shape, ratio, generator, unit_valid, device, causal) -> MaskSpec:
-    _check_generator(generator)
+    where = _check_generator(generator)
     ratio = _check_ratio(ratio)
     shape = _check_shape(shape, min_bins=2)
-    valid = _valid_units(unit_valid, shape)
+    valid = _valid_units(unit_valid, shape, where)
     hidden_bins = _random_bins(shape, ratio, generator)
     hidden = _outer(hidden_bins, valid)  # (B, T, N)
     return _spec(scheme, hidden, hidden.clone(), causal, device)
@@ -80,9 +82,9 @@ def temporal_mask(
     Args:
         shape: (B, T, N) of the counts.
         ratio: fraction of the T bins hidden, in (0, 1).
-        generator: CPU ``torch.Generator``.
+        generator: ``torch.Generator``; masks are drawn on its device.
         unit_valid: optional (N,) or (B, N) bool, False = padding unit.
-        device: where the returned masks live (default CPU).
+        device: where the returned masks live (default: where they were drawn).
 
     Returns:
         MaskSpec with ``hidden == scored`` of shape (B, T, N), ``causal=False``.
@@ -118,19 +120,19 @@ def neuron_mask(
     Args:
         shape: (B, T, N) of the counts.
         ratio: fraction of the valid units hidden, in (0, 1).
-        generator: CPU ``torch.Generator``.
+        generator: ``torch.Generator``; masks are drawn on its device.
         unit_valid: optional (N,) or (B, N) bool, False = padding unit.
-        device: where the returned masks live (default CPU).
+        device: where the returned masks live (default: where they were drawn).
 
     Returns:
         MaskSpec with ``hidden == scored`` of shape (B, T, N), ``causal=False``.
     """
-    _check_generator(generator)
+    where = _check_generator(generator)
     ratio = _check_ratio(ratio)
     shape = _check_shape(shape)
-    valid = _valid_units(unit_valid, shape)
+    valid = _valid_units(unit_valid, shape, where)
     totals = valid.sum(dim=1)
-    _need_candidates(totals, "valid units")
+    _need_candidates(totals if unit_valid is not None else shape[2], "valid units")
     hidden_units = _choose_per_row(valid, _exact_counts(ratio, totals), generator)  # (B, N)
     hidden = _per_unit(hidden_units, shape[1])  # (B, T, N)
     return _spec("neuron", hidden, hidden.clone(), False, device)
@@ -149,13 +151,15 @@ def random_mask(
     Arguments as in :func:`neuron_mask`; ``ratio`` is the fraction of the T x N_valid
     entries of each example that is hidden.
     """
-    _check_generator(generator)
+    where = _check_generator(generator)
     ratio = _check_ratio(ratio)
     batch, num_bins, num_units = shape = _check_shape(shape)
-    valid = _valid_units(unit_valid, shape)
+    valid = _valid_units(unit_valid, shape, where)
     eligible = valid[:, None, :].expand(shape).reshape(batch, num_bins * num_units)
     totals = eligible.sum(dim=1)
-    _need_candidates(totals, "valid (bin, unit) entries")
+    _need_candidates(
+        totals if unit_valid is not None else num_bins * num_units, "valid (bin, unit) entries"
+    )
     hidden = _choose_per_row(eligible, _exact_counts(ratio, totals), generator)
     hidden = hidden.reshape(shape)  # (B, T, N)
     return _spec("random", hidden, hidden.clone(), False, device)
@@ -179,26 +183,26 @@ def random_token_mask(
         shape: (B, T, N) of the counts.
         patch_size: units per patch, >= 1.
         ratio: fraction of the candidate patches hidden, in (0, 1).
-        generator: CPU ``torch.Generator``.
+        generator: ``torch.Generator``; masks are drawn on its device.
         unit_valid: optional (N,) or (B, N) bool, False = padding unit.
-        device: where the returned masks live (default CPU).
+        device: where the returned masks live (default: where they were drawn).
 
     Returns:
         MaskSpec with ``hidden == scored`` of shape (B, T, N), ``causal=False``.
     """
-    _check_generator(generator)
+    where = _check_generator(generator)
     ratio = _check_ratio(ratio)
     batch, num_bins, num_units = shape = _check_shape(shape)
     if not isinstance(patch_size, int) or patch_size < 1:
         raise SpikemaskError(f"patch_size must be a positive int, got {patch_size!r}")
-    valid = _valid_units(unit_valid, shape)
+    valid = _valid_units(unit_valid, shape, where)
     num_groups = math.ceil(num_units / patch_size)
-    group_of_unit = torch.arange(num_units) // patch_size  # (N,)
+    group_of_unit = torch.arange(num_units, device=where) // patch_size  # (N,)
     padded = torch.nn.functional.pad(valid, (0, num_groups * patch_size - num_units))
     group_valid = padded.reshape(batch, num_groups, patch_size).any(dim=2)  # (B, G)
     eligible = group_valid[:, None, :].expand(batch, num_bins, num_groups).reshape(batch, -1)
     totals = eligible.sum(dim=1)
-    _need_candidates(totals, "patches")
+    _need_candidates(totals if unit_valid is not None else num_bins * num_groups, "patches")
     hidden_patches = _choose_per_row(eligible, _exact_counts(ratio, totals), generator)
     hidden_patches = hidden_patches.reshape(batch, num_bins, num_groups)
     hidden = hidden_patches[:, :, group_of_unit].logical_and_(valid[:, None, :])  # (B, T, N)
@@ -219,7 +223,7 @@ def forward_prediction_mask(
         fraction: fraction of the T bins at the end that are hidden, round(fraction * T)
             clamped to [1, T - 1].
         unit_valid: optional (N,) or (B, N) bool, False = padding unit.
-        device: where the returned masks live (default CPU).
+        device: where the returned masks live (default: where they were drawn).
 
     Returns:
         MaskSpec of scheme ``"causal"`` with ``hidden == scored``, ``causal=True``.

@@ -175,7 +175,8 @@ class ResumableLoader(DataLoader):
 class SessionTrialsDataset(Dataset):
     """Turns a :class:`BatchKey` into a batch of one session's trials.
 
-    Each item is a dict: ``spikes`` (b, T, N) float32, ``session_id``, ``region_ids`` (N,)
+    Each item is a dict: ``spikes`` (b, T, N) counts in their stored integer dtype (the
+    training module makes them float32 on the device), ``session_id``, ``region_ids`` (N,)
     int64, ``null_log_rates`` (N,) float32 (log of each unit's mean count per bin in
     ``reference`` trials: the per-unit mean-rate model validation losses are compared with),
     and the global-batch bookkeeping ``offset``, ``global_size``, ``batch_id``.
@@ -194,6 +195,15 @@ class SessionTrialsDataset(Dataset):
         self.null_log_rates = [
             torch.from_numpy(mean_log_rate(t.spikes)) for t in (reference or trial_sets)
         ]
+        self._int16: dict[int, bool] = {}
+
+    def _fits_int16(self, session: int) -> bool:
+        """Whether every count of a session is below 2**15 (checked once per session)."""
+        fits = self._int16.get(session)
+        if fits is None:
+            spikes = self.trial_sets[session].spikes
+            fits = self._int16[session] = bool(spikes.size == 0 or spikes.max() < 2**15)
+        return fits
 
     def trial_counts(self) -> list[int]:
         return [t.num_trials for t in self.trial_sets]
@@ -203,9 +213,15 @@ class SessionTrialsDataset(Dataset):
 
     def __getitem__(self, key: BatchKey) -> dict:
         rows = np.asarray(key.rows, dtype=np.int64)
-        counts = np.asarray(self.trial_sets[key.session].spikes[rows], dtype=np.float32)
+        # integer counts as stored (2 bytes each, not 4): the module makes them float on
+        # the device, so a large batch costs the host no conversion and half the copy
+        counts = np.ascontiguousarray(self.trial_sets[key.session].spikes[rows])
+        if counts.dtype == np.uint16 and self._fits_int16(key.session):
+            counts = counts.view(np.int16)  # torch supports int16 everywhere, uint16 barely
+        elif counts.dtype not in (np.uint8, np.int16, np.int32):
+            counts = counts.astype(np.float32)
         return {
-            "spikes": torch.from_numpy(counts),  # (b, T, N)
+            "spikes": torch.from_numpy(counts),  # (b, T, N) integer counts
             "session_id": self.session_ids[key.session],
             "region_ids": self.region_ids[key.session],
             "null_log_rates": self.null_log_rates[key.session],

@@ -18,21 +18,25 @@ from spikemask.models.layers import INITIAL_RATE
 
 __all__ = [
     "MtMModule",
+    "adamw",
     "masked_poisson_nll",
     "one_cycle_factor",
     "schedule_progress",
     "step_generator",
+    "use_fused_adamw",
 ]
 
 _TRAIN, _VAL = 1, 2
 
 
-def step_generator(*keys: int) -> torch.Generator:
-    """A CPU generator seeded from integer keys (seed, phase, step, ...)."""
+def step_generator(*keys: int, device: torch.device | str | None = None) -> torch.Generator:
+    """A generator seeded from integer keys (seed, phase, step, ...), on the CPU or on
+    ``device``."""
     value = 0
     for key in keys:  # a simple, stable mixing of the keys into one 63-bit seed
         value = (value * 1_000_003 + int(key) + 0x9E3779B9) % (2**63 - 1)
-    return torch.Generator().manual_seed(value)
+    generator = torch.Generator() if device is None else torch.Generator(device=device)
+    return generator.manual_seed(value)
 
 
 def masked_poisson_nll(log_rates: torch.Tensor, spikes: torch.Tensor, scored: torch.Tensor):
@@ -80,6 +84,9 @@ class MtMModule(L.LightningModule):
         self._val_sums: dict[str, list[torch.Tensor]] = {}
         self._ema: dict[str, torch.Tensor] | None = None
         self._swapped: dict[str, torch.Tensor] | None = None
+        self._host_region_ids: dict[str, torch.Tensor] = {}
+        #: global step of the latest validation (-1: none yet)
+        self.validated_step = -1
 
     # ------------------------------------------------------------------ weight average
     def on_fit_start(self) -> None:
@@ -127,18 +134,44 @@ class MtMModule(L.LightningModule):
             self._ema = {n: t.to(self.device) for n, t in saved.items()}
 
     # ------------------------------------------------------------------ steps
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Counts arrive as integers (smaller to copy) and become float32 on the device."""
+        spikes = batch["spikes"]
+        if not spikes.is_floating_point():
+            batch = {**batch, "spikes": spikes.float()}
+        return batch
+
+    def _region_ids_on_host(self, batch: dict) -> torch.Tensor:
+        """(N,) region ids of the batch's session on the CPU, copied once per session."""
+        session_id = batch["session_id"]
+        region_ids = self._host_region_ids.get(session_id)
+        if region_ids is None:
+            region_ids = self._host_region_ids[session_id] = batch["region_ids"].cpu()
+        return region_ids
+
     def _global_mask(
-        self, batch: dict, generator: torch.Generator, scheme: str | None
+        self, batch: dict, keys: tuple[int, ...], scheme: str | None
     ) -> tuple[MaskSpec, torch.Tensor]:
         """Mask of the whole global batch sliced to this rank's share, and the global number
-        of scored entries."""
+        of scored entries.
+
+        ``keys`` seed the step's generators. The scheme is drawn on the CPU; on the CPU the
+        mask is drawn from the same generator (the reference draws), on an accelerator
+        from a generator on the device, so no mask is copied from the host and nothing
+        waits for the device.
+        """
         spikes = batch["spikes"]
         shape = (int(batch["global_size"]), spikes.shape[1], spikes.shape[2])
-        region_ids = batch["region_ids"].cpu()
+        region_ids = self._region_ids_on_host(batch)
+        generator = step_generator(*keys)
+        on_device = spikes.device.type != "cpu"
+        masks = step_generator(*keys, device=spikes.device) if on_device else generator
         if scheme is None:
-            spec = self.mixture.sample(shape, generator=generator, region_ids=region_ids)
+            spec = self.mixture.sample(
+                shape, generator=generator, region_ids=region_ids, mask_generator=masks
+            )
         else:
-            spec = self.mixture.build(scheme, shape, generator=generator, region_ids=region_ids)
+            spec = self.mixture.build(scheme, shape, generator=masks, region_ids=region_ids)
         start = int(batch["offset"])
         rows = slice(start, start + spikes.shape[0])
         local = MaskSpec(
@@ -160,19 +193,21 @@ class MtMModule(L.LightningModule):
         )
         return masked_poisson_nll(output.log_rates, batch["spikes"], spec.scored)
 
+    def _micro_batch(self, batch_idx: int) -> tuple[int, ...]:
+        """() without gradient accumulation, else (index of the batch within its step,)."""
+        accumulate = self.train_config.accumulate_grad_batches
+        return () if accumulate == 1 else (batch_idx % accumulate,)
+
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         # Dropout draws from the global generator: reseed it from (seed, step, rank) so a
         # resumed run continues exactly as an uninterrupted one would.
-        seed = int(
-            step_generator(
-                self.train_config.seed, _TRAIN, self.global_step, self.global_rank
-            ).initial_seed()
-        )
+        keys = (self.train_config.seed, _TRAIN, self.global_step, self.global_rank)
+        seed = int(step_generator(*keys, *self._micro_batch(batch_idx)).initial_seed())
         torch.manual_seed(seed)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        generator = step_generator(self.train_config.seed, _TRAIN, self.global_step)
-        spec, global_scored = self._global_mask(batch, generator, scheme=None)
+        keys = (self.train_config.seed, _TRAIN, self.global_step, *self._micro_batch(batch_idx))
+        spec, global_scored = self._global_mask(batch, keys, scheme=None)
         total, _ = self._loss_terms(batch, spec)
         # Normalise by the GLOBAL number of scored entries (known on every rank from the
         # global mask) so DDP's gradient average equals the single-process gradient.
@@ -225,8 +260,8 @@ class MtMModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         for index, scheme in enumerate(self.masking_config.schemes):
-            generator = step_generator(self.train_config.seed, _VAL, int(batch["batch_id"]), index)
-            spec, _ = self._global_mask(batch, generator, scheme=scheme)
+            keys = (self.train_config.seed, _VAL, int(batch["batch_id"]), index)
+            spec, _ = self._global_mask(batch, keys, scheme=scheme)
             total, count = self._loss_terms(batch, spec)
             null_log_rates = batch["null_log_rates"].expand_as(batch["spikes"])
             null, _ = masked_poisson_nll(null_log_rates, batch["spikes"], spec.scored)
@@ -251,6 +286,7 @@ class MtMModule(L.LightningModule):
             # the per-unit mean-rate model on the same scored entries: val_loss must beat it
             self.log("val_null_loss", torch.stack(nulls).mean(), sync_dist=True)
         self._val_sums = {}
+        self.validated_step = self.global_step
         self._swap_weights()  # back to the live weights
 
     # ------------------------------------------------------------------ optimiser
@@ -258,7 +294,8 @@ class MtMModule(L.LightningModule):
         params = self._trainable if self._trainable is not None else list(self.parameters())
         params = [p for p in params if p.requires_grad]
         cfg = self.train_config
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        precision = str(getattr(self._trainer, "precision", "32-true"))
+        optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, precision=precision)
         total = self.trainer.estimated_stepping_batches
         budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
         progress = schedule_progress(total_steps=total, budget_s=budget_s)
@@ -266,6 +303,26 @@ class MtMModule(L.LightningModule):
             optimizer, lambda step: one_cycle_factor(progress(step), cfg.warmup_fraction)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def use_fused_adamw(params: list[nn.Parameter], precision: str) -> bool:
+    """Fused AdamW (one kernel for every parameter) when every parameter is on CUDA, except
+    under 16-bit mixed precision, whose gradient scaler must unscale before clipping."""
+    return bool(params) and all(p.is_cuda for p in params) and precision != "16-mixed"
+
+
+def adamw(
+    params: list[nn.Parameter], *, lr: float, weight_decay: float, precision: str
+) -> torch.optim.AdamW:
+    """The training optimiser: AdamW, fused where :func:`use_fused_adamw` says so."""
+    fused = use_fused_adamw(params, precision)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    if fused:
+        # The flag tells a gradient scaler that step() unscales by itself; without a scaler
+        # (fp32, bf16) it only makes Lightning refuse to clip gradients. Off, clipping works
+        # and the step is the same fused kernel.
+        optimizer._step_supports_amp_scaling = False
+    return optimizer
 
 
 def schedule_progress(*, total_steps: float, budget_s: float | None):

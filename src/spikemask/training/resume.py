@@ -237,17 +237,36 @@ def _start_next_epoch_cleanly(checkpoint: dict[str, Any]) -> None:
 
 
 class DivergenceGuard(Callback):
-    """Stops training on a non-finite loss or gradient, before the optimiser applies it.
+    """Stops training on a non-finite loss or gradient.
+
+    On the CPU every step is checked before the optimiser applies it. On an accelerator,
+    reading a value back every step would make the host wait for the device, so the checks
+    add up on the device and are read every ``check_every_n_steps`` steps and before
+    anything is saved (validation, the resume state, the end of training): training stops
+    a few steps late, but no checkpoint holds non-finite weights either way.
 
     Args:
         lr: The configured peak learning rate (named in the message).
         check_gradients: Check gradients too (off under 16-bit mixed precision, whose gradient
             scaler skips steps with infinite gradients on purpose).
+        check_every_n_steps: Steps between reads of the device-side check.
+        defer: Defer the checks (default: on any device but the CPU).
     """
 
-    def __init__(self, *, lr: float, check_gradients: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        lr: float,
+        check_gradients: bool = True,
+        check_every_n_steps: int = 50,
+        defer: bool | None = None,
+    ) -> None:
         self.lr = lr
         self.check_gradients = check_gradients
+        self.check_every_n_steps = check_every_n_steps
+        self.defer = defer
+        self._finite: torch.Tensor | None = None  # deferred: all checks so far passed
+        self._checked_step = 0  # deferred: the last step known to be finite
 
     def _fail(self, step: int, what: str) -> None:
         """``step``: the last step whose update was applied (all finite)."""
@@ -255,6 +274,28 @@ class DivergenceGuard(Callback):
             f"training diverged at step {step + 1}: {what}; stopped before applying it (no "
             f"checkpoint holds non-finite weights; the last finite ones are from step {step}). "
             f"Lower train.lr (now {self.lr:g}) or set train.gradient_clip"
+        )
+
+    def _deferred(self, value: torch.Tensor) -> bool:
+        return self.defer if self.defer is not None else value.device.type != "cpu"
+
+    def _add(self, finite: torch.Tensor) -> None:
+        finite = finite.all()
+        self._finite = finite if self._finite is None else self._finite & finite
+
+    def check_now(self, trainer: L.Trainer) -> None:
+        """Read the deferred checks; raise if some step since the last read was not finite."""
+        if self._finite is None:
+            return
+        finite, self._finite = bool(self._finite), None
+        if finite:
+            self._checked_step = trainer.global_step
+            return
+        raise TrainingDiverged(
+            f"training diverged between steps {self._checked_step + 1} and "
+            f"{trainer.global_step}: a loss or gradient is not finite; stopped before saving "
+            f"anything (no checkpoint holds non-finite weights). Lower train.lr (now "
+            f"{self.lr:g}) or set train.gradient_clip"
         )
 
     def on_before_optimizer_step(
@@ -265,7 +306,10 @@ class DivergenceGuard(Callback):
         grads = [(n, p.grad) for n, p in module.named_parameters() if p.grad is not None]
         if not grads:
             return
-        norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for _, g in grads])
+        norms = torch.stack(torch._foreach_norm([g.detach() for _, g in grads]))
+        if self._deferred(norms):
+            self._add(torch.isfinite(norms))
+            return
         if bool(torch.isfinite(norms).all()):
             return
         values = norms.tolist()
@@ -281,6 +325,22 @@ class DivergenceGuard(Callback):
         batch_idx: int,
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and self._deferred(loss):
+            self._add(torch.isfinite(loss.detach()))
+            if trainer.global_step % self.check_every_n_steps == 0:
+                self.check_now(trainer)
+            return
         if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
             # the update was skipped (16-bit scaler) or finite: the weights are still finite
             self._fail(trainer.global_step - 1, f"the loss is {float(loss.detach().float().sum())}")
+
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.check_now(trainer)
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.check_now(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.check_now(trainer)

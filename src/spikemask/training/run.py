@@ -56,6 +56,13 @@ from spikemask.training.module import MtMModule
 from spikemask.training.progress import progress_bar
 from spikemask.training.resume import DivergenceGuard, ResumeCheckpoint, StopSignals
 from spikemask.training.rundir import RESUME_DIR, RunFolder
+from spikemask.training.speed import (
+    compile_encoder,
+    resolve_precision,
+    torch_threads,
+    uses_cuda,
+    validation_interval,
+)
 
 __all__ = ["TrainResult", "build_dataloader", "fit", "init_unit_rates", "session_info", "train"]
 
@@ -113,15 +120,9 @@ def build_dataloader(
         batch_size=None,
         num_workers=workers,
         persistent_workers=workers > 0,
+        # page-locked batches: the copy to the GPU runs without the host waiting for it
+        pin_memory=uses_cuda(str(config.train.accelerator)),
     )
-
-
-def _precision(value: str) -> str:
-    if value != "auto":
-        return value if value != "32" else "32-true"
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
 
 
 def _launch_layout(cfg) -> tuple[Any, int, str]:
@@ -158,9 +159,14 @@ def _quiet_lightning() -> Iterator[None]:
         yield
 
 
-def _make_trainer(run_dir: Path, config: RunConfig, callbacks: list[Callback]) -> L.Trainer:
+def _make_trainer(
+    run_dir: Path, config: RunConfig, callbacks: list[Callback], batches_per_epoch: int
+) -> L.Trainer:
     """Lightning's Trainer; ``callbacks`` must include the resume-state writer."""
     cfg = config.train
+    val_interval, val_epochs = validation_interval(
+        cfg.val_every_n_steps, batches_per_epoch, cfg.accumulate_grad_batches
+    )
     devices, num_nodes, strategy = _launch_layout(cfg)
     # version=None: a resumed run logs into version_1, version_2, ... beside the first part
     loggers: list[Any] = [CSVLogger(run_dir / "logs", name="csv")]
@@ -180,8 +186,11 @@ def _make_trainer(run_dir: Path, config: RunConfig, callbacks: list[Callback]) -
         devices=devices,
         num_nodes=num_nodes,
         strategy=strategy,
-        precision=_precision(str(cfg.precision)),
+        precision=resolve_precision(str(cfg.precision), str(cfg.accelerator)),
         gradient_clip_val=cfg.gradient_clip or None,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        val_check_interval=val_interval,
+        check_val_every_n_epoch=val_epochs,
         log_every_n_steps=cfg.log_every_n_steps,
         logger=loggers,
         callbacks=[*callbacks, *([progress_bar()] if cfg.progress_bar else [])],
@@ -259,9 +268,11 @@ def _build(
     guard = DivergenceGuard(
         lr=config.train.lr, check_gradients=str(config.train.precision) != "16-mixed"
     )
+    if config.train.compile:
+        compile_encoder(model)
     module = MtMModule(model, masking=config.masking, train=config.train, trainable=trainable)
     # the guard runs first: nothing is saved after a non-finite step
-    trainer = _make_trainer(run_dir, config, [guard, saver, resumer, *callbacks])
+    trainer = _make_trainer(run_dir, config, [guard, saver, resumer, *callbacks], len(train_loader))
     return _Parts(trainer, module, saver, train_loader, val_loader)
 
 
@@ -270,9 +281,10 @@ def _run_fit(parts: _Parts, run_dir: Path, resume: bool) -> None:
     ckpt = run_dir / RESUME_DIR / "last.ckpt" if resume else None
     with _quiet_lightning():
         trainer.fit(module, parts.train_loader, parts.val_loader, ckpt_path=ckpt, weights_only=True)
-        if not math.isfinite(parts.saver.best) and not trainer.interrupted:
-            # a step or time budget ended training before any validation: validate once now
-            # so the checkpoints carry a validation loss
+        unscored = module.validated_step != trainer.global_step
+        if (unscored or not math.isfinite(parts.saver.best)) and not trainer.interrupted:
+            # a budget ended training after the latest validation (or before any): validate
+            # once now so the last weights are scored and the checkpoints carry a loss
             trainer.validate(module, parts.val_loader, verbose=False)
 
 
@@ -304,7 +316,7 @@ def fit(
     """
     _check_spikes(sessions)
     _check_regions(sessions, config)
-    with StopSignals() as signals:
+    with StopSignals() as signals, torch_threads(config.train.num_threads):
         folder = RunFolder.open(Path(out), config, record, resume=resume, rank=rank_zero_only.rank)
         parts: _Parts | None = None
         start = time.perf_counter()

@@ -103,6 +103,19 @@ def test_threads_follow_free_cores_and_are_restored():
     assert torch.get_num_threads() == before
 
 
+def test_default_threads_respect_omp_num_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert speed.default_threads() == 1
+    with speed.torch_threads(None) as count:
+        assert count == 1 == torch.get_num_threads()
+    monkeypatch.setattr(speed, "free_cores", lambda: 7)
+    for unset in ("", "zero", "0"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert speed.default_threads() == 7
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert speed.default_threads() == 7
+
+
 def test_precision_auto(monkeypatch):
     assert speed.resolve_precision("32") == "32-true"
     assert speed.resolve_precision("bf16-mixed") == "bf16-mixed"

@@ -85,12 +85,22 @@ def free_cores() -> int:
     return max(1, min(allowed, round(allowed - load)))
 
 
+def default_threads() -> int:
+    """The thread count when none is configured: ``OMP_NUM_THREADS`` when the user set it
+    (the usual way to pin a job's threads, e.g. several jobs side by side), else
+    :func:`free_cores`."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return free_cores()
+
+
 @contextlib.contextmanager
 def torch_threads(num_threads: int | None) -> Iterator[int]:
-    """Inside, torch uses ``num_threads`` CPU threads (``None``: :func:`free_cores`); the
-    previous count is restored on exit. Yields the count used."""
+    """Inside, torch uses ``num_threads`` CPU threads (``None``: :func:`default_threads`);
+    the previous count is restored on exit. Yields the count used."""
     previous = torch.get_num_threads()
-    count = num_threads if num_threads is not None else free_cores()
+    count = num_threads if num_threads is not None else default_threads()
     torch.set_num_threads(count)
     try:
         yield count

@@ -101,9 +101,9 @@ class TrainConfig:
         val_every_n_steps: Validate every this many optimiser steps, or at the end of every
             epoch when an epoch is longer (``None`` = at the end of every epoch). Training
             also ends with a validation, so the last weights are always scored.
-        num_threads: CPU threads of torch (``None`` = ``OMP_NUM_THREADS`` when set, else the cores this process may use that
-            are not busy with other work, from ``os.sched_getaffinity`` and the load
-            average).
+        num_threads: CPU threads of torch (``None`` = ``OMP_NUM_THREADS`` when set, else
+            the cores this process may use that are not busy with other work, from
+            ``os.sched_getaffinity`` and the load average).
         log_every_n_steps: Logging interval.
         tensorboard: Also write TensorBoard logs (CSV logs are always written).
         progress_bar: Show a progress bar.

@@ -61,8 +61,10 @@ def test_quality_benchmark_runs_every_model_on_every_held_out_session(tmp_path) 
     notes: list[str] = []
     table_only = replace(config, table_only=True)
     merged = run_quality_benchmark(_sessions(), tmp_path, table_only, log=notes.append)
-    assert sorted(merged["models"]["linear"]["sessions"]) == ["s0", "s1"]
-    assert notes == ["s2 (bob): not finished, left out"]
+    # a session's finished models stay; the unfinished one is named
+    assert sorted(merged["models"]["linear"]["sessions"]) == ["s0", "s1", "s2"]
+    assert sorted(merged["models"]["MtM pre-trained"]["sessions"]) == ["s0", "s1"]
+    assert notes == ["s2 (bob): not finished, left out: MtM pre-trained"]
 
 
 def test_quality_benchmark_refuses_bad_groups(tmp_path) -> None:
@@ -111,7 +113,9 @@ def test_quality_benchmark_parts_spread_over_processes_join(tmp_path) -> None:
     summary = run_quality_benchmark(
         sessions, tmp_path, replace(base, table_only=True), log=joined.append
     )
-    assert joined == ["s1 (ann): not finished, left out"]
+    assert joined == [
+        "s1 (ann): not finished, left out: MtM scratch, temporal scratch, MtM pre-trained, linear"
+    ]
     assert sorted(summary["models"]["MtM pre-trained"]["sessions"]) == ["s0", "s2"]
     with pytest.raises(SpikemaskError, match=r"session\(s\) \['s9'\] are not among"):
         run_quality_benchmark(sessions, tmp_path, replace(base, sessions=("s9",)))

@@ -365,7 +365,8 @@ def _run_session(bench: _Bench, session: Session, group: str, pretrained: Path) 
 
 
 def _collect(bench: _Bench, group: str, sessions: list[Session]) -> None:
-    """Add the finished evaluations of one group's sessions (nothing is trained)."""
+    """Add the finished evaluations of one group's sessions (nothing is trained); a model
+    that has not finished on a session is left out of that session's rows and named."""
     for session in sessions:
         folder = bench.out / "runs" / group / session.session_id
         paths = {
@@ -374,11 +375,14 @@ def _collect(bench: _Bench, group: str, sessions: list[Session]) -> None:
             "MtM pre-trained": folder / "mtm-finetuned" / "evaluation.json",
             "linear": bench.out / "linear" / f"{session.session_id}.json",
         }
-        if not all(path.is_file() for path in paths.values()):
-            bench.log(f"{session.session_id} ({group}): not finished, left out")
-            continue
+        missing = [name for name, path in paths.items() if not path.is_file()]
+        if missing:
+            bench.log(
+                f"{session.session_id} ({group}): not finished, left out: {', '.join(missing)}"
+            )
         for name, path in paths.items():
-            bench.add(name, group, json.loads(path.read_text()))
+            if name not in missing:
+                bench.add(name, group, json.loads(path.read_text()))
 
 
 def write_outputs(

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from spikemask.data.cache import release_pages
 from spikemask.data.session import TrialSet
 from spikemask.errors import SpikemaskError
 
@@ -203,7 +204,9 @@ class SessionTrialsDataset(Dataset):
 
     def __getitem__(self, key: BatchKey) -> dict:
         rows = np.asarray(key.rows, dtype=np.int64)
-        counts = np.asarray(self.trial_sets[key.session].spikes[rows], dtype=np.float32)
+        spikes = self.trial_sets[key.session].spikes  # memory-mapped when read from the cache
+        counts = np.asarray(spikes[rows], dtype=np.float32)
+        release_pages(spikes)  # keep only the batch, not every session read so far
         return {
             "spikes": torch.from_numpy(counts),  # (b, T, N)
             "session_id": self.session_ids[key.session],
@@ -225,4 +228,5 @@ def mean_log_rate(spikes: np.ndarray) -> np.ndarray:
     """(N,) log of every unit's mean count per bin, with :data:`PSEUDO_COUNT` spikes added."""
     rows = spikes.reshape(-1, spikes.shape[-1])
     total = rows.sum(axis=0, dtype=np.float64) + PSEUDO_COUNT
+    release_pages(spikes)
     return np.log(total / max(rows.shape[0], 1)).astype(np.float32)

@@ -11,7 +11,7 @@ import torch
 
 from spikemask.api import TrainedModel, load_run
 from spikemask.cli import main
-from spikemask.devices import lightning_accelerator, resolve_device
+from spikemask.devices import free_cpu_threads, lightning_accelerator, resolve_device
 from spikemask.errors import SpikemaskError
 from spikemask.training.checkpoint import save_checkpoint
 from test_tasks import tiny_model, tiny_session
@@ -81,6 +81,17 @@ def test_gpu_index_beyond_the_machine(one_gpu, monkeypatch):
         lightning_accelerator("cuda:3")
 
 
+@pytest.mark.parametrize(("load", "expected"), [(0.1, 2), (0.6, 1), (1.4, 1), (3.7, 1)])
+def test_auto_threads_follow_the_free_cores(monkeypatch, load, expected):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("os.getloadavg", lambda: (load, load, load))
+    assert free_cpu_threads("auto") == expected
+    assert free_cpu_threads(3) == 3 and free_cpu_threads("2") == 2
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(SpikemaskError, match=f"threads '{bad}'; expected 'auto' or a positive"):
+            free_cpu_threads(bad)
+
+
 def test_load_run_on_the_cpu_and_on_auto(no_gpu, run_dir):
     model = load_run(run_dir, device="cpu")
     assert model.device == torch.device("cpu")
@@ -103,7 +114,10 @@ def test_cli_device_flags(no_gpu, run_dir, tmp_path, capsys):
     data = str(write_session(tiny_session(session_id="a"), tmp_path / "a"))
     out = tmp_path / "r.json"
     args = ["evaluate", str(run_dir), data, "--out", str(out), "--tasks", "co-smoothing"]
-    assert main([*args, "--quiet", "--device", "cpu"]) == 0
+    threads = torch.get_num_threads()
+    assert main([*args, "--quiet", "--device", "cpu", "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(threads)
     assert json.loads(out.read_text())["sessions"]["a"]["co_smoothing"]["num_units"] == 11
     capsys.readouterr()
     assert main([*args, "--device", "cuda"]) == 2
@@ -112,6 +126,8 @@ def test_cli_device_flags(no_gpu, run_dir, tmp_path, capsys):
     assert "Traceback" not in err
     assert main([*args, "--device", "npu"]) == 2
     assert "unknown device 'npu'" in capsys.readouterr().err
+    assert main([*args, "--threads", "0"]) == 2
+    assert "error: threads '0'; expected 'auto'" in capsys.readouterr().err
     finetune = ["finetune", str(run_dir), data, "--out", str(tmp_path / "ft"), "--device"]
     assert main([*finetune, "cuda"]) == 2
     assert "spikemask finetune: error: device 'cuda': no CUDA GPU" in capsys.readouterr().err

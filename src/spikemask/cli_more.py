@@ -67,6 +67,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, help="masked trial copies per forward pass")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument(
+        "--threads",
+        default="auto",
+        help="CPU threads when the model runs on the CPU: auto (default: the cores the load "
+        "average leaves free, at least 1) or a number",
+    )
     p.add_argument("--out", type=Path, required=True, help="results JSON file to write")
     p.add_argument(
         "--report", type=Path, metavar="DIR", help="also write DIR/report.md with figures"
@@ -144,14 +150,19 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from spikemask.atomic import write_text_atomic
-    from spikemask.devices import resolve_device
+    from spikemask.devices import free_cpu_threads, resolve_device
     from spikemask.errors import SpikemaskError
     from spikemask.evaluation.engine import resolve_tasks
     from spikemask.evaluation.evaluate import run_sources
     from spikemask.evaluation.report import LABEL_LEGEND, markdown_table, write_report
 
     tasks = resolve_tasks(args.tasks)
-    resolve_device(args.device)  # an unknown or absent device fails before any work
+    device = resolve_device(args.device)  # an unknown or absent device fails before any work
+    threads = free_cpu_threads(args.threads)
+    if device.type == "cpu":
+        import torch
+
+        torch.set_num_threads(threads)
     if args.batch_size is not None and args.batch_size < 1:
         raise SpikemaskError(f"--batch-size {args.batch_size}; expected a positive integer")
     _check_outputs(args)

@@ -20,7 +20,7 @@ from spikemask.evaluation.metrics import (
     poisson_d2_per_unit,
     poisson_d2_pooled,
 )
-from spikemask.evaluation.runner import _chunks, predict_task
+from spikemask.evaluation.runner import _chunks, _Job, plan_jobs, predict_task
 from spikemask.evaluation.tasks import plan_task, score_task, to_jsonable
 from spikemask.masking import SCHEMES
 from spikemask.models import ModelConfig, build_model
@@ -210,15 +210,57 @@ def test_intra_region_skips_single_unit_regions_and_allows_only_its_region():
 
 def test_chunks_cover_every_row_once():
     for num_variants, num_trials, rows in [(5, 3, 4), (1, 7, 3), (4, 2, 100), (3, 3, 1)]:
+        jobs = [
+            _Job(np.zeros(2, dtype=bool), np.array([g]), np.array([g]), np.arange(num_trials))
+            for g in range(num_variants)
+        ]
         seen = []
-        for segments in _chunks(num_variants, num_trials, rows):
-            assert sum(s.k_stop - s.k_start for s in segments) <= rows
+        for segments in _chunks(jobs, rows):
+            assert sum(s.trials.size for s in segments) <= rows
             offset = 0
             for s in segments:
                 assert s.offset == offset
-                offset += s.k_stop - s.k_start
-                seen += [(s.variant, k) for k in range(s.k_start, s.k_stop)]
+                offset += s.trials.size
+                seen += [(int(s.job.targets[0]), int(k)) for k in s.trials]
         assert seen == [(g, k) for g in range(num_variants) for k in range(num_trials)]
+
+
+def test_silent_rows_are_served_by_their_base_copy():
+    """A variant's row runs itself only in trials where one of its own units fires."""
+    session = tiny_session(num_units=6, regions=("VISp", "CA1", "root"), trials=(3, 2, 4))
+    spikes = np.zeros((4, 7, 6), dtype=np.uint16)
+    spikes[1, 3, 0] = 2  # unit 0 fires in trial 1 only
+    spikes[:, 0, 1] = 1  # unit 1 fires in every trial
+    jobs = plan_jobs(plan_task(session, "co-smoothing"), spikes)
+    base, *own = jobs
+    assert not base.hidden.any() and base.own.size == 0
+    np.testing.assert_array_equal(base.targets, [0, 2, 3, 4, 5])  # not unit 1: never silent
+    np.testing.assert_array_equal(base.trials, [0, 1, 2, 3])
+    assert [(int(j.targets[0]), j.trials.tolist()) for j in own] == [(0, [1]), (1, [0, 1, 2, 3])]
+    everything = plan_jobs(plan_task(session, "co-smoothing"), spikes, skip_silent=False)
+    assert [j.trials.size for j in everything] == [4] * 6
+    # forward prediction hides bins, not units: nothing to skip
+    (forward,) = plan_jobs(plan_task(session, "forward-prediction"), spikes)
+    assert forward.trials.tolist() == [0, 1, 2, 3] and forward.own.size == 0
+
+
+@pytest.mark.parametrize("architecture", ["ndt1", "ndt2"])
+@pytest.mark.parametrize("task", ["co-smoothing", "intra-region", "inter-region"])
+def test_sparse_session_equals_every_pass_run(architecture, task):
+    """With sparse counts most rows take the shortcut; the rates stay those of the plain
+    computation (every variant on every trial through TrainedModel.forward)."""
+    session = tiny_session(num_units=13, trials=(6, 2, 9), rate=0.04, seed=3)
+    extra = {"architecture": "ndt2", "patch_size": 4} if architecture == "ndt2" else {}
+    model = tiny_model(session, **extra)
+    plan = plan_task(session, task)
+    jobs = plan_jobs(plan, session.split("test").spikes)
+    run_rows = sum(j.trials.size for j in jobs)
+    if task != "inter-region":  # whole regions are rarely silent
+        assert run_rows < 0.7 * plan.num_variants * 9  # the shortcut really skips rows
+    shortcut = predict_task(model, session, plan, batch_size=5)
+    plain = predict_task(model, session, plan, batch_size=7, fast=False)
+    assert np.isfinite(plain[:, :, plan.scored_units]).all()
+    np.testing.assert_allclose(shortcut, plain, rtol=1e-5, atol=1e-7)
 
 
 def test_score_task_per_unit_and_per_region_values():

@@ -182,12 +182,13 @@ def test_finetune_adds_a_session_and_session_mode_freezes_the_rest(trained_run, 
 
 def test_finetune_full_changes_shared_weights(trained_run, tmp_path):
     new = make_session(session_id="new", num_units=9, seed=5)
-    result = finetune(
-        trained_run, [new], tmp_path / "ft", mode="full", config=tiny_config("train.max_steps=3")
-    )
+    config = tiny_config("train.max_steps=3")
+    result = finetune(trained_run, [new], tmp_path / "ft", mode="full", config=config, device="cpu")
     before = load_file(trained_run / "checkpoints" / "best" / "model.safetensors")
-    after = load_checkpoint(result.run_dir / "checkpoints" / "last").model.state_dict()
+    last = load_checkpoint(result.run_dir / "checkpoints" / "last")
+    after = last.model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert (last.config.train.accelerator, str(last.config.train.devices)) == ("cpu", "1")
 
 
 def test_finetune_staged_trains_session_layers_first_then_everything(trained_run, tmp_path):

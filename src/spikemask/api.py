@@ -18,31 +18,51 @@ import numpy as np
 import torch
 
 from spikemask.data.session import Session
+from spikemask.devices import resolve_device
 from spikemask.errors import SpikemaskError
 from spikemask.masking import SCHEMES, MaskingMixture, MaskSpec
 from spikemask.models.config import ModelOutput
-from spikemask.training.checkpoint import Checkpoint
-from spikemask.training.finetune import load_run_checkpoint
+from spikemask.training.checkpoint import Checkpoint, load_run_checkpoint
 
 __all__ = ["TrainedModel", "load_run"]
 
 
-def load_run(run: str | Path, *, which: str = "best", device: str = "cpu") -> TrainedModel:
+def load_run(
+    run: str | Path, *, which: str = "best", device: str | torch.device = "auto"
+) -> TrainedModel:
     """Load the ``best`` (default) or ``last`` checkpoint of a run folder.
 
     ``run`` may also be ``hf://ORG/NAME[@revision]``: the checkpoint pushed to the Hugging
     Face Hub with ``spikemask push`` (downloaded or taken from the cache; needs the ``hub``
     extra), verified like a local one.
+
+    Args:
+        run: Run folder, checkpoint folder or ``hf://`` id.
+        which: ``best`` or ``last`` checkpoint.
+        device: Where the model runs: ``auto`` (default; the GPU when there is one, else the
+            CPU), ``cpu``, ``cuda``, ``cuda:INDEX`` or ``mps``. Outputs always come back as
+            CPU tensors / numpy arrays.
+
+    Raises:
+        SpikemaskError: A missing or corrupted run, an unknown device or one this machine
+            does not have (checked before the checkpoint is read).
     """
-    return TrainedModel(load_run_checkpoint(run, which), device=device)
+    resolved = resolve_device(device)
+    return TrainedModel(load_run_checkpoint(run, which), device=resolved)
 
 
 class TrainedModel:
-    """A trained model and the sessions / regions it knows, in evaluation mode."""
+    """A trained model and the sessions / regions it knows, in evaluation mode.
 
-    def __init__(self, checkpoint: Checkpoint, *, device: str = "cpu") -> None:
+    Args:
+        checkpoint: The loaded checkpoint (its model is moved to ``device``).
+        device: ``auto`` (the GPU when there is one), ``cpu``, ``cuda``, ``cuda:INDEX``,
+            ``mps`` or a :class:`torch.device`; see :func:`~spikemask.devices.resolve_device`.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, *, device: str | torch.device = "auto") -> None:
         self.checkpoint = checkpoint
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = checkpoint.model.to(self.device).eval()
 
     @property
@@ -88,7 +108,7 @@ class TrainedModel:
         regions = self.checkpoint.regions.extend(session.unit_regions)
         return torch.as_tensor(regions.encode(session.unit_regions), dtype=torch.long)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def forward(
         self,
         spikes: torch.Tensor | np.ndarray,

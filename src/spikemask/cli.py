@@ -68,6 +68,13 @@ def _add_budget_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _device_help(verb: str) -> str:
+    return (
+        f"device to {verb} on: auto (default: the GPU when there is one, else the CPU), cpu, "
+        "cuda or mps"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spikemask", description="Multi-task masking transformers for spiking data."
@@ -120,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
         default="best",
         help="which checkpoint of the run to start from",
     )
+    p.add_argument("--device", default="auto", help=_device_help("fine-tune"))
     _add_budget_flags(p)
 
     p = sub.add_parser("demo", help="train, evaluate and report on the shipped real session")
@@ -250,6 +258,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         config_path=args.config,
         sets=[*sets, *args.sets],
         resume=args.resume,
+        device=args.device,
     )
     _report(result)
     return 0

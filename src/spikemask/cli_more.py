@@ -7,6 +7,12 @@ import json
 from pathlib import Path
 
 COMMANDS: dict = {}
+#: help of every --device flag (here, not in spikemask.devices: building the parser
+#: must not import torch)
+DEVICE_HELP = (
+    "device to run the model on: auto (the GPU when there is one, else the CPU), cpu, cuda, "
+    "cuda:INDEX or mps (default auto)"
+)
 
 _TASKS_HELP = (
     "co-smoothing, forward-prediction, inter-region, intra-region, choice, reward, "
@@ -60,6 +66,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="model features for behaviour decoders (default latents)",
     )
     p.add_argument("--batch-size", type=int, help="masked trial copies per forward pass")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument(
+        "--threads",
+        default="auto",
+        help="CPU threads when the model runs on the CPU: auto (default: the cores the load "
+        "average leaves free, at least 1) or a number",
+    )
     p.add_argument("--out", type=Path, required=True, help="results JSON file to write")
     p.add_argument(
         "--report", type=Path, metavar="DIR", help="also write DIR/report.md with figures"
@@ -97,7 +110,7 @@ def _evaluate_all(args: argparse.Namespace, sessions: _SessionCache, common: dic
     evaluations: dict = {}
     levels = []
     # every run is loaded (and so checked) before any evaluation starts
-    models = [(run, load_run(run)) for run in [args.run, *args.compare]]
+    models = [(run, load_run(run, device=args.device)) for run in [args.run, *args.compare]]
     for run, model in models:
         name = _unique_name(Path(run).name or str(run), evaluations)
         levels.append(model.checkpoint.config.data.region_level)
@@ -137,12 +150,19 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from spikemask.atomic import write_text_atomic
+    from spikemask.devices import free_cpu_threads, resolve_device
     from spikemask.errors import SpikemaskError
     from spikemask.evaluation.engine import resolve_tasks
     from spikemask.evaluation.evaluate import run_sources
     from spikemask.evaluation.report import LABEL_LEGEND, markdown_table, write_report
 
     tasks = resolve_tasks(args.tasks)
+    device = resolve_device(args.device)  # an unknown or absent device fails before any work
+    threads = free_cpu_threads(args.threads)
+    if device.type == "cpu":
+        import torch
+
+        torch.set_num_threads(threads)
     if args.batch_size is not None and args.batch_size < 1:
         raise SpikemaskError(f"--batch-size {args.batch_size}; expected a positive integer")
     _check_outputs(args)

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from spikemask.cli_more import DEVICE_HELP
 from spikemask.errors import SpikemaskError
 
 __all__ = ["COMMANDS", "add_commands"]
@@ -35,6 +36,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--split", choices=("train", "val", "test"), default="test")
     q.add_argument("--seed", type=int, default=0, help="seed of the held-out unit choice")
     q.add_argument("--overwrite", action="store_true", help="replace the dataset group")
+    q.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     _add_export_bwb(formats)
 
@@ -101,7 +103,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _cmd_export_bwb(args)
     if args.format != "nlb":  # pragma: no cover - argparse restricts the choices
         raise SpikemaskError(f"unknown export format {args.format!r}; expected 'nlb' or 'bwb'")
-    model = load_run(args.run)
+    model = load_run(args.run, device=args.device)
     session = load_session(args.data, region_level=model.checkpoint.config.data.region_level)
     heldout = choose_heldout_units(
         session, fraction=args.heldout_fraction, unit_ids=args.heldout_units, seed=args.seed

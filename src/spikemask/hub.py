@@ -124,7 +124,7 @@ def push_run(
     Returns:
         ``{"repo_id", "revision", "commit", "url"}``.
     """
-    from spikemask.training.finetune import load_run_checkpoint
+    from spikemask.training.checkpoint import load_run_checkpoint
 
     repo_id, pinned = parse_hub_id(target)
     if pinned and revision and pinned != revision:

@@ -2,8 +2,11 @@
 
 Decoding the CSR lists of a split happens once; the dense (K, T, N) counts are then kept
 as a ``.npy`` file keyed by the parquet file's absolute path, size and modification time,
-and later reads memory-map it (near-instant, and the operating system pages in only what a
-batch touches, which bounds memory when many sessions are used together).
+and later reads memory-map it: opening a session reads no counts, and the operating system
+pages in only what a batch touches. Whoever reads a whole mapped array (validation, mean
+rates) or a batch of it hands the pages back with :func:`release_pages`, so a process
+training on hundreds of sessions keeps only the batch it works on resident, not every
+count it has ever read (the pages stay in the page cache for the next read).
 
 Location: ``$SPIKEMASK_CACHE_DIR``, else ``$XDG_CACHE_HOME/spikemask``, else
 ``~/.cache/spikemask``. Set ``SPIKEMASK_CACHE_DIR=off`` to disable caching. A cache that
@@ -13,6 +16,7 @@ cannot be written is skipped with a warning; it never makes a read fail.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import tempfile
 import warnings
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["cache_dir", "load_counts", "store_counts"]
+__all__ = ["cache_dir", "load_counts", "release_pages", "store_counts"]
 
 _FORMAT_VERSION = "1"
 
@@ -71,3 +75,21 @@ def store_counts(path: Path, counts: np.ndarray) -> None:
         os.replace(tmp, entry)
     except OSError as err:
         warnings.warn(f"spikemask: spike-count cache not written ({err})", stacklevel=2)
+
+
+def release_pages(counts: np.ndarray) -> bool:
+    """Drop the resident pages of a memory-mapped array from this process (the data stay
+    in the operating system's page cache, and a later read maps them again).
+
+    Returns:
+        True when ``counts`` is memory-mapped and its pages were released; False for an
+        in-memory array or where the platform cannot (no ``madvise``).
+    """
+    mapping = getattr(counts, "_mmap", None)
+    if mapping is None or not hasattr(mapping, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return False
+    try:
+        mapping.madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError):  # a closed mapping, or a platform that refuses
+        return False
+    return True

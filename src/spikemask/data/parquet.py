@@ -109,7 +109,7 @@ def _read_session(directory: str | Path, session_id: str | None, cache: bool) ->
     if uuids is None:
         uuids = np.array([f"unit{i:04d}" for i in range(num_units)])
     depths = unit_meta.pop("cluster_depths", None)
-    return Session(
+    session = Session(
         session_id=str(sid),
         bin_size_s=float(info.pop("bin_size_s")),
         window_start_s=info.pop("window_start_s"),
@@ -121,6 +121,9 @@ def _read_session(directory: str | Path, session_id: str | None, cache: bool) ->
         splits=splits,
         metadata={**info, "source": str(Path(directory).expanduser().resolve())},
     )
+    for trials in splits.values():  # validation read every count: hand the pages back
+        cache_mod.release_pages(trials.spikes)
+    return session
 
 
 def _default_id(directory: str | Path) -> str:

@@ -147,6 +147,7 @@ def run_evaluation(
     name: str | None = None,
     keep_rates: tuple[str, ...] = ("co_smoothing",),
     progress: bool = True,
+    device: str = "auto",
 ) -> Evaluation:
     """Like :func:`evaluate`, also returning per-unit scores and predictions for reports.
 
@@ -154,7 +155,7 @@ def run_evaluation(
         :class:`~spikemask.evaluation.engine.Evaluation` (``results`` as :func:`evaluate`).
     """
     run = None if isinstance(model, TrainedModel) else Path(model)
-    trained = model if isinstance(model, TrainedModel) else load_run(model)
+    trained = model if isinstance(model, TrainedModel) else load_run(model, device=device)
     loaded = _as_sessions(sessions, run, trained.checkpoint.config.data.region_level)
     info = {
         "name": name or (run.name if run is not None else "model"),
@@ -184,6 +185,7 @@ def evaluate(
     batch_size: int | None = None,
     features: str = "latents",
     progress: bool = True,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a trained model on every task (see the module docstring for the result).
 
@@ -197,6 +199,9 @@ def evaluate(
         batch_size: Masked trial copies per forward pass (default: chunks of ~64 MB).
         features: Behaviour decoder features: ``latents`` (default) or predicted ``rates``.
         progress: Progress bars on stderr.
+        device: Where a run folder's model runs: ``auto`` (the GPU when there is one),
+            ``cpu``, ``cuda``, ``cuda:INDEX`` or ``mps``; a loaded :class:`TrainedModel`
+            stays on its own device.
 
     Returns:
         ``{"sessions", "mean", "model", "split"}``, JSON-ready.
@@ -210,6 +215,7 @@ def evaluate(
         features=features,
         progress=progress,
         keep_rates=(),
+        device=device,
     ).results
 
 

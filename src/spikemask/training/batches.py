@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from spikemask.data.cache import release_pages
 from spikemask.data.session import TrialSet
 from spikemask.errors import SpikemaskError
 
@@ -203,6 +204,7 @@ class SessionTrialsDataset(Dataset):
         if fits is None:
             spikes = self.trial_sets[session].spikes
             fits = self._int16[session] = bool(spikes.size == 0 or spikes.max() < 2**15)
+            release_pages(spikes)
         return fits
 
     def trial_counts(self) -> list[int]:
@@ -215,7 +217,9 @@ class SessionTrialsDataset(Dataset):
         rows = np.asarray(key.rows, dtype=np.int64)
         # integer counts as stored (2 bytes each, not 4): the module makes them float on
         # the device, so a large batch costs the host no conversion and half the copy
-        counts = np.ascontiguousarray(self.trial_sets[key.session].spikes[rows])
+        spikes = self.trial_sets[key.session].spikes  # memory-mapped when read from the cache
+        counts = np.ascontiguousarray(spikes[rows])
+        release_pages(spikes)  # keep only the batch, not every session read so far
         if counts.dtype == np.uint16 and self._fits_int16(key.session):
             counts = counts.view(np.int16)  # torch supports int16 everywhere, uint16 barely
         elif counts.dtype not in (np.uint8, np.int16, np.int32):
@@ -241,4 +245,5 @@ def mean_log_rate(spikes: np.ndarray) -> np.ndarray:
     """(N,) log of every unit's mean count per bin, with :data:`PSEUDO_COUNT` spikes added."""
     rows = spikes.reshape(-1, spikes.shape[-1])
     total = rows.sum(axis=0, dtype=np.float64) + PSEUDO_COUNT
+    release_pages(spikes)
     return np.log(total / max(rows.shape[0], 1)).astype(np.float32)

@@ -38,6 +38,7 @@ __all__ = [
     "SessionInfo",
     "check_finite",
     "load_checkpoint",
+    "load_run_checkpoint",
     "save_checkpoint",
 ]
 
@@ -196,6 +197,31 @@ def load_checkpoint(folder: str | Path, *, map_location: str = "cpu") -> Checkpo
         ) from None
     model.to(map_location).eval()
     return Checkpoint(model=model, config=config, sessions=sessions, regions=regions, state=state)
+
+
+def load_run_checkpoint(run: str | Path, which: str = "best") -> Checkpoint:
+    """The ``best`` or ``last`` checkpoint of a run folder (or a checkpoint folder itself).
+
+    ``hf://ORG/NAME[@revision]`` loads the checkpoint pushed there (see :mod:`spikemask.hub`);
+    ``which`` does not apply to it (a Hub repository holds the one checkpoint pushed).
+    Lives here, not with fine-tuning, so that loading a model never imports Lightning.
+    """
+    if isinstance(run, str) and run.startswith("hf://"):
+        from spikemask.hub import download_run
+
+        return load_checkpoint(download_run(run))
+    run = Path(run).expanduser()
+    if which not in ("best", "last"):
+        raise SpikemaskError(f"which={which!r}; expected 'best' or 'last'")
+    folder = run if (run / "model.safetensors").is_file() else run / "checkpoints" / which
+    if not run.exists():
+        raise SpikemaskError(f"run folder {str(run)!r} does not exist")
+    if not folder.is_dir():
+        raise SpikemaskError(
+            f"{str(run)!r} holds no {which!r} checkpoint (expected {str(folder)!r}); is it a "
+            "spikemask run folder whose training finished at least one epoch?"
+        )
+    return load_checkpoint(folder)
 
 
 def _load_weights(path: Path, digest: str) -> dict[str, torch.Tensor]:

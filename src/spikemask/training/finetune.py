@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from spikemask.config import RunConfig, apply_overrides, parse_set_options
 from spikemask.config import _read_yaml as read_yaml
 from spikemask.data.loading import load_sessions
 from spikemask.data.session import Session
+from spikemask.devices import lightning_accelerator
 from spikemask.errors import SpikemaskError
-from spikemask.training.checkpoint import Checkpoint, load_checkpoint
+from spikemask.training.checkpoint import Checkpoint, load_run_checkpoint
 from spikemask.training.run import TrainResult, fit, init_unit_rates, session_info
 
 __all__ = ["FINETUNE_MODES", "STAGED_FRACTION", "add_sessions", "finetune", "load_run_checkpoint"]
@@ -54,30 +56,6 @@ class SharedFrozenFirst(Callback):
                 parameter.grad = None
 
 
-def load_run_checkpoint(run: str | Path, which: str = "best") -> Checkpoint:
-    """The ``best`` or ``last`` checkpoint of a run folder (or a checkpoint folder itself).
-
-    ``hf://ORG/NAME[@revision]`` loads the checkpoint pushed there (see :mod:`spikemask.hub`);
-    ``which`` does not apply to it (a Hub repository holds the one checkpoint pushed).
-    """
-    if isinstance(run, str) and run.startswith("hf://"):
-        from spikemask.hub import download_run
-
-        return load_checkpoint(download_run(run))
-    run = Path(run).expanduser()
-    if which not in ("best", "last"):
-        raise SpikemaskError(f"which={which!r}; expected 'best' or 'last'")
-    folder = run if (run / "model.safetensors").is_file() else run / "checkpoints" / which
-    if not run.exists():
-        raise SpikemaskError(f"run folder {str(run)!r} does not exist")
-    if not folder.is_dir():
-        raise SpikemaskError(
-            f"{str(run)!r} holds no {which!r} checkpoint (expected {str(folder)!r}); is it a "
-            "spikemask run folder whose training finished at least one epoch?"
-        )
-    return load_checkpoint(folder)
-
-
 def add_sessions(checkpoint: Checkpoint, sessions: Sequence[Session]) -> None:
     """Give the model fresh session layers (stitchers, session token) for new sessions.
 
@@ -110,6 +88,7 @@ def finetune(
     sets: Sequence[str] = (),
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
+    device: str = "auto",
 ) -> TrainResult:
     """Adapt a trained model to new sessions.
 
@@ -126,11 +105,18 @@ def finetune(
         config_path: YAML file of overrides applied on top.
         sets: ``key=value`` overrides applied after ``config_path``.
         resume: Continue an interrupted fine-tuning run in ``out``.
+        device: Where fine-tuning runs: ``auto`` (default; the config's
+            ``train.accelerator`` / ``train.devices``, which pick every GPU there is, else
+            the CPU), ``cpu``, ``cuda`` or ``mps``; checked before anything is loaded.
     """
     if mode not in FINETUNE_MODES:
         raise SpikemaskError(f"mode={mode!r}; expected one of {FINETUNE_MODES}")
+    accelerator, devices = lightning_accelerator(device)
     checkpoint = load_run_checkpoint(run, which)
     config = _finetune_config(checkpoint.config, config, config_path, sets)
+    if accelerator != "auto":
+        train = dataclasses.replace(config.train, accelerator=accelerator, devices=devices)
+        config = dataclasses.replace(config, train=train)
     if config.model != checkpoint.config.model:
         raise SpikemaskError("fine-tuning cannot change the model architecture (model.* keys)")
     if isinstance(data, str | Path) or not data:

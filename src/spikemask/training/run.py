@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from spikemask.config import RunConfig
+from spikemask.data.cache import release_pages
 from spikemask.data.loading import load_sessions
 from spikemask.data.regions import RegionVocabulary
 from spikemask.data.session import Session
@@ -205,7 +206,10 @@ def _make_trainer(
 
 def _check_spikes(sessions: Sequence[Session]) -> None:
     for session in sessions:
-        if not session.split("train").spikes.any():
+        spikes = session.split("train").spikes
+        silent = not spikes.any()
+        release_pages(spikes)  # read in full once: only the batches' pages stay resident
+        if silent:
             raise SpikemaskError(
                 f"session {session.session_id!r}, split 'train': every spike count is 0; "
                 "expected spikes to train on"

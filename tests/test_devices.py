@@ -83,9 +83,12 @@ def test_gpu_index_beyond_the_machine(one_gpu, monkeypatch):
 
 @pytest.mark.parametrize(("load", "expected"), [(0.1, 2), (0.6, 1), (1.4, 1), (3.7, 1)])
 def test_auto_threads_follow_the_free_cores(monkeypatch, load, expected):
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr("os.getloadavg", lambda: (load, load, load))
     assert free_cpu_threads("auto") == expected
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's pin wins
+    assert free_cpu_threads("auto") == 3
     assert free_cpu_threads(3) == 3 and free_cpu_threads("2") == 2
     for bad in ("0", "-1", "many"):
         with pytest.raises(SpikemaskError, match=f"threads '{bad}'; expected 'auto' or a positive"):

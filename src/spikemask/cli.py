@@ -135,8 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--steps",
         type=int,
-        default=1500,
-        help="optimiser steps of each of the two models (default 1500)",
+        help="optimiser steps of each of the two models (default 2000: "
+        "spikemask.demo.DEFAULT_STEPS)",
     )
     p.add_argument(
         "--minutes",
@@ -288,11 +288,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from spikemask.demo import run_demo
+    from spikemask.demo import DEFAULT_STEPS, run_demo
 
     run_demo(
         args.out,
-        steps=args.steps,
+        steps=DEFAULT_STEPS if args.steps is None else args.steps,
         minutes=args.minutes,
         seed=args.seed,
         force=args.force,

@@ -18,7 +18,7 @@ from spikemask.errors import SpikemaskError
 __all__ = ["run_demo"]
 
 MODELS = (("NDT1 temporal", "temporal", "temporal"), ("NDT1 MtM", "mtm", "mtm-temporal"))
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 2000
 """Optimiser steps of each demo model (about 4-6 minutes each on 2 CPU cores)."""
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from spikemask.errors import SpikemaskError
 
-__all__ = ["add_prepare_command", "cmd_prepare"]
+__all__ = ["COMMANDS", "add_prepare_command", "cmd_prepare"]
 
 
 def add_prepare_command(sub: argparse._SubParsersAction) -> None:
@@ -242,3 +242,6 @@ def _cmd_brainsets(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     commands = {"ibl": _cmd_ibl, "nwb": _cmd_nwb, "brainsets": _cmd_brainsets}
     return commands[args.source](args)
+
+
+COMMANDS = {"prepare": cmd_prepare}

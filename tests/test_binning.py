@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikemask.data.binning import (
+from spikemask.data.sources.binning import (
     REPORT_NAME,
     PrepareReport,
     bin_edges,

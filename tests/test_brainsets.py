@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikemask.data.brainsets import (
+from spikemask.data.parquet import read_session
+from spikemask.data.sources.brainsets import (
     BrainsetsPrepareConfig,
     load_brainsets_session,
     prepare_brainsets,
 )
-from spikemask.data.parquet import read_session
 from spikemask.errors import SpikemaskError
 
 pd = pytest.importorskip("pandas")

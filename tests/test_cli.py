@@ -118,15 +118,16 @@ def test_bad_flag_is_an_argparse_error(capsys):
 
 
 def test_masking_choices_match_the_masking_presets():
-    # cli.py lists them itself so that parsing arguments does not import torch
-    from spikemask.cli import MASKING_CHOICES
+    # cli/train.py lists them itself so that parsing arguments does not import torch
+    from spikemask.cli.train import MASKING_CHOICES
     from spikemask.masking.mixture import PRESETS
 
     assert set(MASKING_CHOICES) == set(PRESETS)
 
 
 def test_budget_flags_keep_the_other_budgets_and_help_says_the_defaults(capsys):
-    from spikemask.cli import _budget_sets, _parser
+    from spikemask.cli import _parser
+    from spikemask.cli.train import _budget_sets
     from spikemask.config import load_config
 
     args = _parser().parse_args(["train", "x", "--out", "y", "--max-steps", "7"])

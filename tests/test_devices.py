@@ -141,7 +141,7 @@ def test_evaluation_imports_no_lightning():
     """Lightning takes seconds to import and evaluation does not need it."""
     code = (
         "import sys, spikemask, spikemask.api, spikemask.evaluation.evaluate, "
-        "spikemask.evaluation.report, spikemask.cli_more, spikemask.cli_share; "
+        "spikemask.evaluation.report, spikemask.cli.evaluate, spikemask.cli.share; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', "
         "'pytorch_lightning')))"
     )

@@ -29,9 +29,10 @@ try:
 except ImportError:  # comes with the ibl extra; every test using it needs ONE and skips
     pd = None
 
-from spikemask.data._ibl_one import _atlas_acronyms
-from spikemask.data.binning import REPORT_NAME, bin_edges, is_prepared, read_report
-from spikemask.data.ibl import (
+from spikemask.data.parquet import read_session
+from spikemask.data.sources._ibl_one import _atlas_acronyms
+from spikemask.data.sources.binning import REPORT_NAME, bin_edges, is_prepared, read_report
+from spikemask.data.sources.ibl import (
     IBLPrepareConfig,
     filter_trials,
     load_ibl_session,
@@ -39,7 +40,6 @@ from spikemask.data.ibl import (
     prepare_ibl,
     prepare_ibl_many,
 )
-from spikemask.data.parquet import read_session
 from spikemask.errors import SpikemaskError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

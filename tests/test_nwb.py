@@ -9,9 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikemask.data.binning import bin_edges, read_report
-from spikemask.data.nwb import NWBPrepareConfig, fixed_windows, load_nwb_session, prepare_nwb
 from spikemask.data.parquet import read_session
+from spikemask.data.sources.binning import bin_edges, read_report
+from spikemask.data.sources.nwb import (
+    NWBPrepareConfig,
+    fixed_windows,
+    load_nwb_session,
+    prepare_nwb,
+)
 from spikemask.errors import SpikemaskError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

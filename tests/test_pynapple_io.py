@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from spikemask.data.pynapple_io import ALIGN_TIME, session_from_pynapple, to_pynapple
+from spikemask.data.sources.pynapple_io import ALIGN_TIME, session_from_pynapple, to_pynapple
 from spikemask.errors import SpikemaskError
 
 from conftest import SHARED_DATA, TINY_MODEL

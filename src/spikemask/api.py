@@ -161,12 +161,13 @@ class TrainedModel:
             as_pynapple: False (a numpy array), True or ``"perievent"`` (a pynapple
                 ``TsdTensor`` (T, K, N), time relative to the trials' alignment event), or
                 ``"absolute"`` (a ``TsdFrame`` (K * T, N) on the recording clock, for
-                sessions built by :func:`~spikemask.data.pynapple_io.session_from_pynapple`).
+                sessions built by
+                :func:`~spikemask.data.sources.pynapple_io.session_from_pynapple`).
         """
         log_rates = self._run(session, split, masking, seed, batch_size, "log_rates")
         if not as_pynapple:
             return log_rates
-        from spikemask.data.pynapple_io import to_pynapple
+        from spikemask.data.sources.pynapple_io import to_pynapple
 
         clock = "perievent" if as_pynapple is True else str(as_pynapple)
         return to_pynapple(log_rates, session, split, clock=clock)

@@ -2,8 +2,8 @@
 
 ``Session`` / ``TrialSet`` (the in-memory form), ``read_session`` / ``write_session`` (the
 IBL parquet layout), ``load_session`` (folders and Hub ids, optional region grouping),
-``RegionVocabulary``; the IBL (``spikemask.data.ibl``), NWB (``spikemask.data.nwb``) and
-synthetic (``spikemask.data.synthetic``) sources are imported on demand.
+``RegionVocabulary``. The raw sources (IBL, NWB, brainsets, pynapple: ``spikemask.data.sources``)
+and the synthetic generator (``spikemask.data.synthetic``) are imported on demand.
 """
 
 from spikemask.data.loading import load_session, load_sessions

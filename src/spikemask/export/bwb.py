@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from spikemask.api import TrainedModel
-from spikemask.data.brainsets import WINDOW_START_FIELD
 from spikemask.data.session import Session
+from spikemask.data.sources.brainsets import WINDOW_START_FIELD
 from spikemask.errors import SpikemaskError
 from spikemask.evaluation.metrics import bits_per_spike_pooled, poisson_d2, poisson_d2_pooled
 from spikemask.export.nlb import _forward_bins, choose_heldout_units

@@ -4,12 +4,12 @@ pynapple (``pip install spikemask[pynapple]``) is how many labs hold spike times
 ``TsGroup`` of units (with metadata columns such as ``location``), an ``IntervalSet`` of
 trials or a ``Ts`` of events, and ``Tsd`` / ``TsdFrame`` behaviour traces. This module cuts
 them into the trial-aligned :class:`~spikemask.data.session.Session` every model consumes,
-with the same binning code as the IBL and NWB pipelines (:mod:`spikemask.data.binning`).
+with the same binning code as the IBL and NWB pipelines (:mod:`spikemask.data.sources.binning`).
 
 Example::
 
     import pynapple as nap
-    from spikemask.data.pynapple_io import session_from_pynapple
+    from spikemask.data.sources.pynapple_io import session_from_pynapple
 
     data = nap.load_file("recording.nwb")
     session = session_from_pynapple(
@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from spikemask.data.binning import (
+from spikemask.data.session import Session
+from spikemask.data.sources.binning import (
     bin_edges,
     bin_mean,
     bin_spike_counts,
@@ -38,7 +39,6 @@ from spikemask.data.binning import (
     make_splits,
     split_trials,
 )
-from spikemask.data.session import Session
 from spikemask.errors import SpikemaskError
 
 __all__ = ["ALIGN_TIME", "REGION_COLUMNS", "session_from_pynapple", "to_pynapple"]

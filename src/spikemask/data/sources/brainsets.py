@@ -14,10 +14,11 @@ The file is read with ``temporaldata.Data.from_hdf5``. Windows are the split dom
 the file has all three (``use_domains=None`` or True: the benchmark's own trial windows and
 split, each window matched to the trial whose ``align_event`` lies inside it), else windows
 ``window_s`` around the trials' ``align_event``, split 70/10/20 with a seed. Spikes are binned
-with :func:`spikemask.data.binning.bin_spike_counts`; every numeric field of the file's other
-time series is averaged per bin (``wheel.speed`` -> ``wheel-speed``); the IBL unit filters of
-:mod:`spikemask.data.unit_filters` apply. The brainsets IBL pipeline stores ``choice`` as a
-class index (0 = left / -1, 1 = right / +1, 2 = no-go / 0); it is mapped back to IBL's sign.
+with :func:`spikemask.data.sources.binning.bin_spike_counts`; every numeric field of the file's
+other time series is averaged per bin (``wheel.speed`` -> ``wheel-speed``); the IBL unit filters
+of :mod:`spikemask.data.sources.unit_filters` apply. The brainsets IBL pipeline stores
+``choice`` as a class index (0 = left / -1, 1 = right / +1, 2 = no-go / 0); it is mapped back
+to IBL's sign.
 
 Each trial's window start in session seconds is kept as the per-trial field
 ``window_start_time_s`` (``spikemask export bwb`` writes it as the benchmark's
@@ -34,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from spikemask.data import binning
-from spikemask.data.binning import PrepareReport
 from spikemask.data.session import SPLITS, Session
-from spikemask.data.unit_filters import UnitFilter, apply_unit_filter
+from spikemask.data.sources import binning
+from spikemask.data.sources.binning import PrepareReport
+from spikemask.data.sources.unit_filters import UnitFilter, apply_unit_filter
 from spikemask.errors import SpikemaskError
 
 __all__ = ["BrainsetsPrepareConfig", "load_brainsets_session", "prepare_brainsets"]

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from spikemask.data import binning
-from spikemask.data._nwb_read import read_nwb_file
-from spikemask.data.binning import PrepareReport
 from spikemask.data.session import Session
+from spikemask.data.sources import binning
+from spikemask.data.sources._nwb_read import read_nwb_file
+from spikemask.data.sources.binning import PrepareReport
 from spikemask.errors import SpikemaskError
 
 __all__ = ["NWBPrepareConfig", "fixed_windows", "load_nwb_session", "prepare_nwb"]

@@ -1,4 +1,4 @@
-"""Reading an NWB file for :mod:`spikemask.data.nwb`: units and their regions, trials,
+"""Reading an NWB file for :mod:`spikemask.data.sources.nwb`: units and their regions, trials,
 epochs / time ranges and behaviour time series, with clear errors for what is missing.
 
 pynwb is imported only here (the optional ``nwb`` extra).
@@ -14,7 +14,7 @@ import numpy as np
 from spikemask.errors import SpikemaskError
 
 if TYPE_CHECKING:
-    from spikemask.data.nwb import NWBPrepareConfig
+    from spikemask.data.sources.nwb import NWBPrepareConfig
 
 __all__ = ["read_nwb_file"]
 

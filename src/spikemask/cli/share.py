@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from spikemask.cli_more import DEVICE_HELP
+from spikemask.cli.evaluate import DEVICE_HELP
 from spikemask.errors import SpikemaskError
 
 __all__ = ["COMMANDS", "add_commands"]

@@ -1,11 +1,9 @@
-"""``spikemask bench``: benchmarks anyone can rerun (registered by ``cli._parser``)."""
+"""``spikemask bench``: benchmarks anyone can rerun."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-from spikemask import cli_more
 
 _QUALITY_HELP = (
     "Leave-one-animal-out quality benchmark: for each animal held out in turn, train MtM "
@@ -73,7 +71,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--device", default="auto", help="where models are evaluated (default auto: a GPU if any)"
     )
     _add_speed(kinds)
-    cli_more.COMMANDS["bench"] = cmd_bench
 
 
 def _add_speed(kinds: argparse._SubParsersAction) -> None:
@@ -172,3 +169,6 @@ def _cmd_quality(args: argparse.Namespace) -> int:
     print((args.out / "table.md").read_text())
     print(f"results        {args.out / 'results.json'}\nfigure         {args.out / 'quality.png'}")
     return 0
+
+
+COMMANDS = {"bench": cmd_bench}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from spikemask.errors import SpikemaskError
 
-__all__ = ["add_prepare_command", "cmd_prepare"]
+__all__ = ["COMMANDS", "add_prepare_command", "cmd_prepare"]
 
 
 def add_prepare_command(sub: argparse._SubParsersAction) -> None:
@@ -145,7 +145,7 @@ def _eids(path: Path) -> list[str]:
 
 
 def _cmd_ibl(args: argparse.Namespace) -> int:
-    from spikemask.data.ibl import IBLPrepareConfig, make_one, prepare_ibl, prepare_ibl_many
+    from spikemask.data.sources.ibl import IBLPrepareConfig, make_one, prepare_ibl, prepare_ibl_many
 
     config = IBLPrepareConfig(
         align_event=args.align_event,
@@ -188,7 +188,7 @@ def _cmd_ibl(args: argparse.Namespace) -> int:
 
 
 def _cmd_nwb(args: argparse.Namespace) -> int:
-    from spikemask.data.nwb import NWBPrepareConfig, prepare_nwb
+    from spikemask.data.sources.nwb import NWBPrepareConfig, prepare_nwb
 
     config = NWBPrepareConfig(
         bin_size_s=args.bin_size,
@@ -211,7 +211,7 @@ def _cmd_nwb(args: argparse.Namespace) -> int:
 
 
 def _cmd_brainsets(args: argparse.Namespace) -> int:
-    from spikemask.data.brainsets import BrainsetsPrepareConfig, prepare_brainsets
+    from spikemask.data.sources.brainsets import BrainsetsPrepareConfig, prepare_brainsets
 
     config = BrainsetsPrepareConfig(
         bin_size_s=args.bin_size,
@@ -242,3 +242,6 @@ def _cmd_brainsets(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     commands = {"ibl": _cmd_ibl, "nwb": _cmd_nwb, "brainsets": _cmd_brainsets}
     return commands[args.source](args)
+
+
+COMMANDS = {"prepare": cmd_prepare}

@@ -1,4 +1,4 @@
-"""Sub-commands beyond training: registered by :func:`add_commands`."""
+"""``spikemask evaluate``: score trained models (and baselines) on every task."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-COMMANDS: dict = {}
 #: help of every --device flag (here, not in spikemask.devices: building the parser
 #: must not import torch)
 DEVICE_HELP = (
@@ -188,7 +187,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS["evaluate"] = cmd_evaluate
+COMMANDS = {"evaluate": cmd_evaluate}
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

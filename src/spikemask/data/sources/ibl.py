@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from spikemask.data import _ibl_one as sources
-from spikemask.data import binning
-from spikemask.data.binning import PrepareReport
 from spikemask.data.session import Session
-from spikemask.data.unit_filters import UnitFilter, apply_unit_filter
+from spikemask.data.sources import _ibl_one as sources
+from spikemask.data.sources import binning
+from spikemask.data.sources.binning import PrepareReport
+from spikemask.data.sources.unit_filters import UnitFilter, apply_unit_filter
 from spikemask.errors import SpikemaskError
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""ONE access for :mod:`spikemask.data.ibl`: find datasets, load probes, trials, behaviour.
+"""ONE access for :mod:`spikemask.data.sources.ibl`: find datasets, load probes, trials, behaviour.
 
 Everything goes through ``one.list_datasets(eid)`` (the session's dataset list, which the
 public server and a local cache both answer) and ``one.load_dataset(eid, name,
@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from spikemask.data import binning
+from spikemask.data.sources import binning
 from spikemask.errors import SpikemaskError
 
 if TYPE_CHECKING:
-    from spikemask.data.ibl import IBLPrepareConfig
+    from spikemask.data.sources.ibl import IBLPrepareConfig
 
 PUBLIC_BASE_URL = "https://openalyx.internationalbrainlab.org"
 PUBLIC_PASSWORD = "international"  # the documented password of the public IBL server
@@ -42,7 +42,7 @@ def make_one(
     password: str | None = None,
     local: bool = False,
 ) -> Any:
-    """See :func:`spikemask.data.ibl.make_one`."""
+    """See :func:`spikemask.data.sources.ibl.make_one`."""
     try:
         from one.api import ONE, One
     except ImportError:

@@ -1,7 +1,7 @@
 """Synthetic multi-region spiking sessions with known ground truth.
 
 Several brain regions carry their own nonlinear latent dynamics with directed coupling
-between regions (see :mod:`spikemask.data._dynamics`); IBL-like trials (block prior,
+between regions (see :mod:`spikemask.data.synthetic._dynamics`); IBL-like trials (block prior,
 stimulus side and contrast, reaction time) drive them; a decision region's latent is read
 out as the choice, which then drives movement; wheel speed and whisker motion energy are
 per-bin behaviour. Every unit's log-rate is a loading of its own region's latents plus a
@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from spikemask.data import _dynamics as dyn
 from spikemask.data.parquet import write_session
 from spikemask.data.session import SPLITS, Session, TrialSet
+from spikemask.data.synthetic import _dynamics as dyn
 from spikemask.errors import SpikemaskError
 
 __all__ = [

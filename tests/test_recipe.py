@@ -57,7 +57,7 @@ def test_readout_penalty_is_zero_at_the_mean_rate_model_and_grows_with_the_weigh
 
 def test_readout_penalty_of_ndt2_pulls_unit_offsets_to_their_start() -> None:
     module, start = _module(2.0, "ndt2")
-    assert float(module.readout_penalty("s", start)) == pytest.approx(0.0, abs=1e-10)
+    assert float(module.readout_penalty("s", start).detach()) == pytest.approx(0.0, abs=1e-10)
     with torch.no_grad():
         module.model.adapter("s").unit_bias.add_(0.3)
     assert float(module.readout_penalty("s", start)) == pytest.approx(0.5 * 2.0 * 0.09, rel=1e-5)

@@ -60,7 +60,9 @@ def test_readout_penalty_of_ndt2_pulls_unit_offsets_to_their_start() -> None:
     assert float(module.readout_penalty("s", start).detach()) == pytest.approx(0.0, abs=1e-10)
     with torch.no_grad():
         module.model.adapter("s").unit_bias.add_(0.3)
-    assert float(module.readout_penalty("s", start)) == pytest.approx(0.5 * 2.0 * 0.09, rel=1e-5)
+    assert float(module.readout_penalty("s", start).detach()) == pytest.approx(
+        0.5 * 2.0 * 0.09, rel=1e-5
+    )
 
 
 def test_readout_penalty_shrinks_the_read_out_of_a_trained_model(tmp_path) -> None:

@@ -14,6 +14,12 @@ from spikemask.data.session import Session, TrialSet
 # Set before huggingface_hub is imported anywhere (it reads the variable on import).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Lightning gives its loggers a stream handler bound to sys.stderr when it is first
+# imported; imported inside a test that captures output, that handler would keep writing to
+# the closed capture of that test ("--- Logging error ---" in a later test's stderr, which
+# depends on the test order). Import it here, with the real stderr.
+import lightning  # noqa: F401
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 STEINMETZ = SHARED_DATA / "steinmetz2019"
 

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -400,6 +400,26 @@ def write_report(report: PrepareReport, out_dir: str | Path) -> Path:
         handle.write(report.to_json())
     os.replace(tmp, root / REPORT_NAME)
     return root / REPORT_NAME
+
+
+def prepare_into(
+    out_dir: str | Path,
+    load: Callable[[], tuple[Session, PrepareReport]],
+    *,
+    overwrite: bool = False,
+) -> PrepareReport:
+    """The shared tail of every ``prepare_*``: refuse a folder that already holds a prepared
+    dataset (unless ``overwrite``) before any reading, then ``load()`` the session and write
+    it with its report into ``out_dir``."""
+    out = Path(out_dir).expanduser()
+    if not overwrite and any((out / "data").glob("*.parquet")):
+        raise SpikemaskError(
+            f"{str(out)!r} already holds a prepared dataset; choose another folder or overwrite"
+        )
+    session, report = load()
+    report.out_dir = str(out)
+    write_prepared(session, report, out, overwrite=overwrite)
+    return report
 
 
 def write_prepared(

@@ -403,12 +403,6 @@ def prepare_brainsets(
     overwrite: bool = False,
 ) -> PrepareReport:
     """Prepare one brainsets file into ``out_dir`` (``data/*.parquet`` + report)."""
-    out = Path(out_dir).expanduser()
-    if not overwrite and any((out / "data").glob("*.parquet")):
-        raise SpikemaskError(
-            f"{str(out)!r} already holds a prepared dataset; choose another folder or overwrite"
-        )
-    session, report = load_brainsets_session(path, config)
-    report.out_dir = str(out)
-    binning.write_prepared(session, report, out, overwrite=overwrite)
-    return report
+    return binning.prepare_into(
+        out_dir, lambda: load_brainsets_session(path, config), overwrite=overwrite
+    )

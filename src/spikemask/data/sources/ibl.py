@@ -320,16 +320,11 @@ def prepare_ibl(
         overwrite: Replace an existing dataset in ``out_dir``.
     """
     config = config or IBLPrepareConfig()
-    out = Path(out_dir).expanduser()
-    if not overwrite and any((out / "data").glob("*.parquet")):
-        raise SpikemaskError(
-            f"{str(out)!r} already holds a prepared dataset; choose another folder or overwrite"
-        )
-    one = one if one is not None else make_one()
-    session, report = load_ibl_session(eid, one=one, config=config)
-    report.out_dir = str(out)
-    binning.write_prepared(session, report, out, overwrite=overwrite)
-    return report
+    return binning.prepare_into(
+        out_dir,
+        lambda: load_ibl_session(eid, one=one if one is not None else make_one(), config=config),
+        overwrite=overwrite,
+    )
 
 
 # ---------------------------------------------------------------------------- many sessions

@@ -239,12 +239,6 @@ def prepare_nwb(
     overwrite: bool = False,
 ) -> PrepareReport:
     """Prepare an NWB file into ``out_dir`` (``data/*.parquet`` + ``prepare_report.json``)."""
-    out = Path(out_dir).expanduser()
-    if not overwrite and any((out / "data").glob("*.parquet")):
-        raise SpikemaskError(
-            f"{str(out)!r} already holds a prepared dataset; choose another folder or overwrite"
-        )
-    session, report = load_nwb_session(path, config)
-    report.out_dir = str(out)
-    binning.write_prepared(session, report, out, overwrite=overwrite)
-    return report
+    return binning.prepare_into(
+        out_dir, lambda: load_nwb_session(path, config), overwrite=overwrite
+    )

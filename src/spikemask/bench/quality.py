@@ -90,15 +90,9 @@ class QualityConfig:
             raise SpikemaskError(
                 f"benchmark parts {list(self.parts)}; expected some of {list(PARTS)}"
             )
-        if self.device != "auto":
-            import torch
+        from spikemask.devices import resolve_device
 
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError) as err:
-                raise SpikemaskError(
-                    f"device {self.device!r}; expected auto, cpu, cuda or cuda:N"
-                ) from err
+        resolve_device(self.device)  # an unknown or absent device fails before any training
 
     @property
     def partial(self) -> bool:
@@ -137,14 +131,6 @@ def group_sessions(sessions: Sequence[Session], key: str) -> dict[str, list[Sess
             )
         groups.setdefault(str(value), []).append(session)
     return groups
-
-
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 _FINISHED = "bench-finished.json"
@@ -194,7 +180,7 @@ class _Bench:
         if not path.is_file():
             from spikemask.api import load_run
 
-            model = load_run(run, device=_resolve_device(self.config.device))
+            model = load_run(run, device=self.config.device)
             result = evaluate(model, [session], tasks=self.config.tasks, progress=False)
             path.write_text(json.dumps(result, indent=1))
         return json.loads(path.read_text())

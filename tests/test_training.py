@@ -211,6 +211,40 @@ def test_finetune_staged_trains_session_layers_first_then_everything(trained_run
     assert any(not torch.equal(before[k], later[k]) for k in before)
 
 
+def test_finetune_shared_lr_scale_slows_only_the_pretrained_weights(trained_run, tmp_path):
+    from lightning.pytorch.callbacks import Callback
+
+    new = make_session(session_id="new", num_units=9, seed=5)
+    before = load_file(trained_run / "checkpoints" / "best" / "model.safetensors")
+
+    class PeakLearningRates(Callback):
+        def on_train_start(self, trainer, pl_module):
+            groups = trainer.optimizers[0].param_groups
+            self.found = [(len(g["params"]), g["initial_lr"]) for g in groups]
+
+    def moved(scale: float) -> tuple[float, list]:
+        config = tiny_config("train.max_steps=4", f"train.shared_lr_scale={scale}")
+        seen = PeakLearningRates()
+        run = tmp_path / str(scale)
+        result = finetune(trained_run, [new], run, config=config, callbacks=[seen])
+        last = load_checkpoint(result.run_dir / "checkpoints" / "last")
+        after = last.model.state_dict()
+        assert last.config.train.shared_lr_scale == scale  # recorded in the run's config
+        return max((after[k] - before[k]).abs().max().item() for k in before), seen.found
+
+    lr = tiny_config().train.lr
+    shared_full, groups_full = moved(1.0)
+    shared_slow, groups_slow = moved(0.01)
+    tiny = load_checkpoint(trained_run / "checkpoints" / "best").model.adapter("tiny")
+    new_layers = len(list(tiny.parameters()))
+    assert groups_full == [(len(before) + new_layers, lr)]  # one learning rate for all
+    assert groups_slow == [(new_layers, lr), (len(before), lr * 0.01)]
+    # AdamW's step is ~lr whatever the gradient: the shared weights move ~100x less
+    assert 0 < shared_slow < shared_full / 20
+    with pytest.raises(SpikemaskError, match="shared_lr_scale"):
+        tiny_config("train.shared_lr_scale=0")
+
+
 def test_finetune_errors(trained_run, tmp_path):
     with pytest.raises(SpikemaskError, match="already in the model"):
         finetune(trained_run, [make_session()], tmp_path / "a", config=tiny_config())

@@ -88,6 +88,9 @@ class TrainConfig:
             weights; the average starts as the plain weights (decay warms up as
             ``min(ema_decay, (1 + step) / (10 + step))``).
         warmup_fraction: Fraction of the schedule spent warming up.
+        shared_lr_scale: Fine-tuning only: the pre-trained (shared) weights learn at
+            ``lr * shared_lr_scale`` while the new sessions' layers learn at ``lr``
+            (1 = one learning rate for all; training from scratch ignores it).
         gradient_clip: Gradient-norm clip (0 = off).
         seed: Seed of every random choice (sampling, masks, dropout, initialisation).
         precision: ``auto`` picks bf16 autocast on GPUs that support it and on CPUs with
@@ -120,6 +123,7 @@ class TrainConfig:
     readout_l2: float = 0.01
     ema_decay: float = 0.0
     warmup_fraction: float = 0.15
+    shared_lr_scale: float = 1.0
     gradient_clip: float = 1.0
     seed: int = 0
     precision: str = "auto"
@@ -147,6 +151,7 @@ class TrainConfig:
             if value is not None:
                 _check_positive(f"train.{name}", value)
         _check_positive("train.lr", self.lr)
+        _check_positive("train.shared_lr_scale", self.shared_lr_scale)
         if not 0 <= self.warmup_fraction < 1:
             raise SpikemaskError(
                 f"train.warmup_fraction={self.warmup_fraction}; expected a value in [0, 1)"

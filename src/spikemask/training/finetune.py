@@ -159,6 +159,7 @@ def finetune(
         record=record,
         infos=checkpoint.sessions,
         trainable=trainable,
+        new_params=own,
         resume=resume,
         callbacks=callbacks,
     )

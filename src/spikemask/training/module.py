@@ -65,6 +65,8 @@ class MtMModule(L.LightningModule):
         masking: Which schemes to draw and how.
         train: Optimisation settings.
         trainable: Parameters to optimise (default: all); used by session-only fine-tuning.
+        new_params: Layers of sessions new to a pre-trained model (fine-tuning): they learn
+            at ``train.lr``, every other parameter at ``train.lr * train.shared_lr_scale``.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class MtMModule(L.LightningModule):
         masking: MaskingConfig,
         train: TrainConfig,
         trainable: Iterable[nn.Parameter] | None = None,
+        new_params: Iterable[nn.Parameter] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -81,6 +84,7 @@ class MtMModule(L.LightningModule):
         self.mixture = MaskingMixture(masking)
         self.train_config = train
         self._trainable = list(trainable) if trainable is not None else None
+        self._new_params = {id(p) for p in new_params} if new_params is not None else None
         self._val_sums: dict[str, list[torch.Tensor]] = {}
         self._ema: dict[str, torch.Tensor] | None = None
         self._swapped: dict[str, torch.Tensor] | None = None
@@ -295,7 +299,16 @@ class MtMModule(L.LightningModule):
         params = [p for p in params if p.requires_grad]
         cfg = self.train_config
         precision = str(getattr(self._trainer, "precision", "32-true"))
-        optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, precision=precision)
+        groups: list[nn.Parameter] | list[dict] = params
+        if self._new_params is not None and cfg.shared_lr_scale != 1.0:
+            new = [p for p in params if id(p) in self._new_params]
+            shared = [p for p in params if id(p) not in self._new_params]
+            groups = [
+                {"params": group, "lr": lr}
+                for group, lr in ((new, cfg.lr), (shared, cfg.lr * cfg.shared_lr_scale))
+                if group
+            ]
+        optimizer = adamw(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, precision=precision)
         total = self.trainer.estimated_stepping_batches
         budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
         progress = schedule_progress(total_steps=total, budget_s=budget_s)
@@ -312,10 +325,17 @@ def use_fused_adamw(params: list[nn.Parameter], precision: str) -> bool:
 
 
 def adamw(
-    params: list[nn.Parameter], *, lr: float, weight_decay: float, precision: str
+    params: list[nn.Parameter] | list[dict],
+    *,
+    lr: float,
+    weight_decay: float,
+    precision: str,
 ) -> torch.optim.AdamW:
-    """The training optimiser: AdamW, fused where :func:`use_fused_adamw` says so."""
-    fused = use_fused_adamw(params, precision)
+    """The training optimiser: AdamW, fused where :func:`use_fused_adamw` says so
+    (``params``: parameters, or torch parameter groups)."""
+    grouped = bool(params) and isinstance(params[0], dict)
+    flat = [p for group in params for p in group["params"]] if grouped else params
+    fused = use_fused_adamw(flat, precision)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
     if fused:
         # The flag tells a gradient scaler that step() unscales by itself; without a scaler

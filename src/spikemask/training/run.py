@@ -252,6 +252,7 @@ def _build(
     *,
     infos: dict[str, SessionInfo] | None,
     trainable: list[nn.Parameter] | None,
+    new_params: list[nn.Parameter] | None,
     callbacks: Sequence[Callback],
 ) -> _Parts:
     region_ids = [regions.encode(s.unit_regions) for s in sessions]
@@ -274,7 +275,13 @@ def _build(
     )
     if config.train.compile:
         compile_encoder(model)
-    module = MtMModule(model, masking=config.masking, train=config.train, trainable=trainable)
+    module = MtMModule(
+        model,
+        masking=config.masking,
+        train=config.train,
+        trainable=trainable,
+        new_params=new_params,
+    )
     # the guard runs first: nothing is saved after a non-finite step
     trainer = _make_trainer(run_dir, config, [guard, saver, resumer, *callbacks], len(train_loader))
     return _Parts(trainer, module, saver, train_loader, val_loader)
@@ -308,6 +315,7 @@ def fit(
     record: dict[str, Any],
     infos: dict[str, SessionInfo] | None = None,
     trainable: list[nn.Parameter] | None = None,
+    new_params: list[nn.Parameter] | None = None,
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
@@ -334,6 +342,7 @@ def fit(
                 signals,
                 infos=infos,
                 trainable=trainable,
+                new_params=new_params,
                 callbacks=callbacks,
             )
             _run_fit(parts, folder.path, resume)

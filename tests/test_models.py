@@ -381,6 +381,7 @@ def test_model_preset():
         ({"embed_dropout": -0.1}, "embed_dropout must be a number in \\[0, 1\\)"),
         ({"session_token": "yes"}, "session_token must be a bool"),
         ({"width": 6, "num_heads": 2, "position_embedding": "rotary"}, "even head width"),
+        ({"input_scaling": "log"}, "input_scaling"),
     ],
 )
 def test_config_validation(overrides, message):

@@ -110,6 +110,24 @@ def test_co_smoothing_of_ndt2_equals_one_forward_pass_per_unit(session):
     np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("scaling", ["sqrt", "log1p"])
+def test_co_smoothing_with_scaled_inputs_equals_one_forward_pass_per_unit(session, scaling):
+    model = tiny_model(session, input_scaling=scaling)
+
+    def hide_unit(n):
+        hidden = np.zeros((session.num_bins, session.num_units), dtype=bool)
+        hidden[:, n] = True
+        return hidden
+
+    expected = reference_rates(model, session, hide_unit, scheme="neuron")
+    rates = predict_task(model, session, plan_task(session, "co-smoothing"), batch_size=4)
+    np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-7)
+    # the scaling is applied: the same weights reading raw counts predict otherwise
+    assert session.split("test").spikes.max() > 1
+    unscaled = tiny_model(session)
+    assert not np.allclose(reference_rates(unscaled, session, hide_unit, scheme="neuron"), expected)
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_intra_region_equals_one_forward_pass_per_unit(session, model, fast):
     regions = np.asarray(session.unit_regions)

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from spikemask.api import TrainedModel
 from spikemask.data.session import Session
 from spikemask.evaluation.tasks import TaskPlan
+from spikemask.models.config import scale_counts
 from spikemask.models.ndt1 import NDT1
 
 __all__ = ["CHUNK_BYTES", "plan_jobs", "predict_task"]
@@ -234,7 +235,10 @@ class _FastNDT1:
         self, model: TrainedModel, session: Session, plan: TaskPlan, spikes: torch.Tensor
     ) -> None:
         net = model.model
-        self.net, self.plan, self.spikes = net, plan, spikes.to(model.device)
+        # the model reads scaled counts; scaling keeps 0 at 0, so hiding (zeroing) entries
+        # and the subtraction below work on the scaled counts as on the counts
+        self.net, self.plan = net, plan
+        self.spikes = scale_counts(spikes.to(model.device), net.config.input_scaling)
         self.session_id = session.session_id
         self.adapter = net.adapter(session.session_id)
         self.prompt = model.prompt_for(plan.scheme)

@@ -14,10 +14,19 @@ from torch import Tensor
 
 from spikemask.errors import SpikemaskError
 
-__all__ = ["PRESETS", "ModelConfig", "ModelOutput", "model_preset"]
+__all__ = [
+    "INPUT_SCALINGS",
+    "PRESETS",
+    "ModelConfig",
+    "ModelOutput",
+    "model_preset",
+    "scale_counts",
+]
 
 ARCHITECTURES = ("ndt1", "ndt2")
 POSITION_EMBEDDINGS = ("learned", "rotary")
+#: How spike counts enter the model (see :func:`scale_counts`).
+INPUT_SCALINGS = ("counts", "sqrt", "log1p")
 
 
 @dataclass
@@ -43,6 +52,9 @@ class ModelConfig:
         region_embedding: NDT2 adds a per-patch brain-region embedding.
         max_space_patches: NDT2 capacity of the space-patch embedding table.
         max_regions: NDT2 capacity of the region vocabulary.
+        input_scaling: what the model reads: ``"counts"`` (as they are), ``"sqrt"`` or
+            ``"log1p"`` of the counts (both keep a hidden entry at 0 and shrink the bursts
+            of high-rate units). The targets are always the counts.
     """
 
     architecture: str = "ndt1"
@@ -61,9 +73,11 @@ class ModelConfig:
     region_embedding: bool = True
     max_space_patches: int = 64
     max_regions: int = 256
+    input_scaling: str = "counts"
 
     def __post_init__(self) -> None:
         _check_choice("architecture", self.architecture, ARCHITECTURES)
+        _check_choice("input_scaling", self.input_scaling, INPUT_SCALINGS)
         _check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
         for name in (
             "width",
@@ -178,3 +192,17 @@ class ModelOutput:
 
     log_rates: Tensor
     latents: Tensor
+
+
+def scale_counts(spikes: Tensor, how: str) -> Tensor:
+    """The model's input from (masked) counts: ``how`` is one of :data:`INPUT_SCALINGS`.
+
+    Every scaling maps 0 to 0, so hiding an entry (zeroing it) commutes with scaling.
+    """
+    if how == "counts":
+        return spikes
+    if how == "sqrt":
+        return spikes.clamp(min=0).sqrt()
+    if how == "log1p":
+        return spikes.clamp(min=0).log1p()
+    raise SpikemaskError(f"input_scaling={how!r}; expected one of {INPUT_SCALINGS}")

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from spikemask.models.base import SessionAdapter, SessionModel
-from spikemask.models.config import ModelConfig, ModelOutput
+from spikemask.models.config import ModelConfig, ModelOutput, scale_counts
 
 __all__ = ["NDT1"]
 
@@ -95,7 +95,10 @@ class NDT1(SessionModel):
         del region_ids  # NDT1 has no region embedding
         adapter = self._checked_adapter(spikes, session_id)
         latents = self.encode_stitched(
-            adapter.read_in(spikes), session_id=session_id, prompt=prompt, causal=causal
+            adapter.read_in(scale_counts(spikes, self.config.input_scaling)),
+            session_id=session_id,
+            prompt=prompt,
+            causal=causal,
         )  # (B, T, D)
         return ModelOutput(log_rates=adapter.read_out(latents), latents=latents)
 
@@ -112,7 +115,7 @@ class NDT1(SessionModel):
 
         Lets a caller compute read-in and read-out itself, e.g. evaluation, which builds
         the read-in of many masked copies by subtraction and reads out only the scored
-        units. ``forward(x) == read_out(encode_stitched(read_in(x)))``.
+        units. ``forward(x) == read_out(encode_stitched(read_in(scale_counts(x))))``.
 
         Args:
             stitched: ``(B, T, D_in)`` read-in output (``adapter(session_id).read_in``).

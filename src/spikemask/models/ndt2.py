@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from spikemask.errors import SpikemaskError
 from spikemask.models.base import SessionAdapter, SessionModel
-from spikemask.models.config import ModelConfig, ModelOutput
+from spikemask.models.config import ModelConfig, ModelOutput, scale_counts
 from spikemask.models.layers import INITIAL_RATE
 
 __all__ = ["NDT2"]
@@ -122,7 +122,8 @@ class NDT2(SessionModel):
         batch, num_bins, num_units = spikes.shape
         patch_size = self.config.patch_size
         num_patches = math.ceil(num_units / patch_size)
-        padded = F.pad(spikes, (0, num_patches * patch_size - num_units))  # (B, T, K*C)
+        scaled = scale_counts(spikes, self.config.input_scaling)
+        padded = F.pad(scaled, (0, num_patches * patch_size - num_units))  # (B, T, K*C)
         patches = rearrange(padded, "b t (k c) -> b (t k) c", c=patch_size)  # (B, T*K, C)
         device = spikes.device
         space_index = torch.arange(num_patches, device=device)  # (K,)

@@ -104,8 +104,12 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys, args, message):
     assert "Traceback" not in err
 
 
-def test_config_errors():
+def test_config_errors(tmp_path):
     with pytest.raises(SpikemaskError, match="one or two settings"):
         SpeedConfig(settings=())
-    with pytest.raises(SpikemaskError, match="accelerator"):
+    with pytest.raises(SpikemaskError, match="device 'tpu'; expected auto, cpu or cuda"):
         SpeedConfig(accelerator="tpu")
+    if not torch.cuda.is_available():  # the same words as evaluate / finetune: cuda (or gpu)
+        for name in ("cuda", "gpu"):
+            with pytest.raises(SpikemaskError, match=f"--device {name}, but torch sees no"):
+                run_speed_benchmark(SpeedConfig(accelerator=name), tmp_path, log=lambda _: None)

@@ -72,7 +72,7 @@ class SpeedConfig:
         block_steps: Timed steps per block.
         warmup_steps: Untimed steps at the start of every block.
         masking: Masking preset trained with.
-        accelerator: ``auto``, ``cpu`` or ``gpu``.
+        accelerator: ``auto``, ``cpu`` or ``cuda`` (``gpu`` is accepted too).
         peak_size: Matrix size of the peak matmuls (0: by device, 1024 CPU, 8192 GPU).
         seed: Seed of the synthetic data and of training.
     """
@@ -101,9 +101,9 @@ class SpeedConfig:
             raise SpikemaskError(f"bench speed: warmup_steps={self.warmup_steps}; expected >= 1")
         if not 1 <= len(self.settings) <= 2:
             raise SpikemaskError("bench speed: expected one or two settings (A, B)")
-        if self.accelerator not in ("auto", "cpu", "gpu"):
+        if self.accelerator not in ("auto", "cpu", "cuda", "gpu"):
             raise SpikemaskError(
-                f"bench speed: accelerator {self.accelerator!r}; expected auto, cpu or gpu"
+                f"bench speed: device {self.accelerator!r}; expected auto, cpu or cuda (or gpu)"
             )
 
 
@@ -272,9 +272,9 @@ def _run_block(side: _Side, bench: SpeedConfig, device: torch.device) -> None:
 
 
 def _device(accelerator: str) -> torch.device:
-    if accelerator == "gpu" and not torch.cuda.is_available():
-        raise SpikemaskError("bench speed: --device gpu, but torch sees no CUDA GPU")
-    use_cuda = accelerator in ("auto", "gpu") and torch.cuda.is_available()
+    if accelerator in ("cuda", "gpu") and not torch.cuda.is_available():
+        raise SpikemaskError(f"bench speed: --device {accelerator}, but torch sees no CUDA GPU")
+    use_cuda = accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available()
     return torch.device("cuda" if use_cuda else "cpu")
 
 

@@ -88,7 +88,12 @@ def _add_speed(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--blocks", type=int, default=3, help="timed blocks per setting")
     p.add_argument("--block-steps", type=int, default=10, help="timed steps per block")
     p.add_argument("--warmup-steps", type=int, default=3, help="untimed steps per block")
-    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda", "gpu"),
+        default="auto",
+        help="where to train (default auto: a GPU if any; gpu is another name for cuda)",
+    )
     p.add_argument("--peak-size", type=int, default=0, help="peak matmul size (0: by device)")
     p.add_argument("--seed", type=int, default=0)
 

@@ -96,10 +96,11 @@ def finetune(
         run: Run folder of the pre-trained model.
         data: Dataset folders (or sessions) the model has not seen.
         out: New run folder.
-        mode: ``full`` trains every weight; ``session`` trains only the new sessions'
-            read-in / read-out layers and session tokens (fast, the shared model frozen);
-            ``staged`` trains only those for the first :data:`STAGED_FRACTION` of the
-            budget, then every weight.
+        mode: ``full`` trains every weight (the pre-trained ones at ``train.lr *
+            train.shared_lr_scale``, by default the same rate); ``session`` trains only the
+            new sessions' read-in / read-out layers and session tokens (fast, the shared
+            model frozen); ``staged`` trains only those for the first
+            :data:`STAGED_FRACTION` of the budget, then every weight.
         which: Start from the run's ``best`` or ``last`` checkpoint.
         config: Replaces the run's masking / data / training settings (model must match).
         config_path: YAML file of overrides applied on top.

@@ -73,6 +73,17 @@ def reference_rates(model, session, hidden_of_unit, *, scheme, causal=False) -> 
     return rates
 
 
+def hider_of_one_unit(session: Session):
+    """For :func:`reference_rates`: unit n's (T, N) mask hides unit n in every bin."""
+
+    def hide_unit(n):
+        hidden = np.zeros((session.num_bins, session.num_units), dtype=bool)
+        hidden[:, n] = True
+        return hidden
+
+    return hide_unit
+
+
 @pytest.fixture(scope="module")
 def session() -> Session:
     return tiny_session(trials=(9, 4, 5))
@@ -85,12 +96,7 @@ def model(session) -> TrainedModel:
 
 @pytest.mark.parametrize(("fast", "batch_size"), [(True, 4), (False, 7)])
 def test_co_smoothing_equals_one_forward_pass_per_unit(session, model, fast, batch_size):
-    def hide_unit(n):
-        hidden = np.zeros((session.num_bins, session.num_units), dtype=bool)
-        hidden[:, n] = True
-        return hidden
-
-    expected = reference_rates(model, session, hide_unit, scheme="neuron")
+    expected = reference_rates(model, session, hider_of_one_unit(session), scheme="neuron")
     plan = plan_task(session, "co-smoothing")
     rates = predict_task(model, session, plan, batch_size=batch_size, fast=fast)
     np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-7)
@@ -100,12 +106,7 @@ def test_co_smoothing_equals_one_forward_pass_per_unit(session, model, fast, bat
 def test_co_smoothing_of_ndt2_equals_one_forward_pass_per_unit(session):
     model = tiny_model(session, architecture="ndt2", patch_size=4)
 
-    def hide_unit(n):
-        hidden = np.zeros((session.num_bins, session.num_units), dtype=bool)
-        hidden[:, n] = True
-        return hidden
-
-    expected = reference_rates(model, session, hide_unit, scheme="neuron")
+    expected = reference_rates(model, session, hider_of_one_unit(session), scheme="neuron")
     rates = predict_task(model, session, plan_task(session, "co-smoothing"), batch_size=6)
     np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-7)
 
@@ -114,18 +115,14 @@ def test_co_smoothing_of_ndt2_equals_one_forward_pass_per_unit(session):
 def test_co_smoothing_with_scaled_inputs_equals_one_forward_pass_per_unit(session, scaling):
     model = tiny_model(session, input_scaling=scaling)
 
-    def hide_unit(n):
-        hidden = np.zeros((session.num_bins, session.num_units), dtype=bool)
-        hidden[:, n] = True
-        return hidden
-
-    expected = reference_rates(model, session, hide_unit, scheme="neuron")
+    expected = reference_rates(model, session, hider_of_one_unit(session), scheme="neuron")
     rates = predict_task(model, session, plan_task(session, "co-smoothing"), batch_size=4)
     np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-7)
     # the scaling is applied: the same weights reading raw counts predict otherwise
     assert session.split("test").spikes.max() > 1
     unscaled = tiny_model(session)
-    assert not np.allclose(reference_rates(unscaled, session, hide_unit, scheme="neuron"), expected)
+    hide = hider_of_one_unit(session)
+    assert not np.allclose(reference_rates(unscaled, session, hide, scheme="neuron"), expected)
 
 
 @pytest.mark.parametrize("fast", [True, False])

@@ -25,12 +25,10 @@ import numpy as np
 
 from spikemask.config import load_config
 from spikemask.data.loading import load_session
-from spikemask.data.synthetic import SyntheticConfig, synthesize
+from spikemask.data.synthetic import SyntheticConfig, load_true_rates, synthesize
 from spikemask.evaluation.evaluate import evaluate, evaluate_linear_baseline
 from spikemask.evaluation.metrics import bits_per_spike, bits_per_spike_pooled
 from spikemask.training.run import train
-
-BATCH = 16  # the small preset's batch size, for the steps-from-epochs rule
 
 
 def _scores(result: dict) -> tuple[float, float]:
@@ -46,24 +44,18 @@ def run_one(trials: int, args: argparse.Namespace) -> dict:
     folder = next(p for p in sorted(data.iterdir()) if (p / "data").is_dir())
     session = load_session(folder)
     train_trials = session.split("train").spikes.shape[0]
-    steps = max(args.min_steps, int(np.ceil(args.epochs * train_trials / BATCH)))
+    batch_size = load_config(preset="small").data.batch_size
+    steps = max(args.min_steps, int(np.ceil(args.epochs * train_trials / batch_size)))
     run = args.out / f"mtm-{trials}"
     started = time.perf_counter()
     if not (run / "checkpoints" / "best").is_dir():
-        config = load_config(
-            preset="small",
-            sets=[
-                f"train.max_steps={steps}",
-                "train.max_epochs=null",
-                f"train.seed={args.seed}",
-                "train.progress_bar=false",
-            ],
-        )
+        sets = [f"train.max_steps={steps}", "train.max_epochs=null", f"train.seed={args.seed}"]
+        config = load_config(preset="small", sets=[*sets, "train.progress_bar=false"])
         train([session], run, config=config)
     seconds = time.perf_counter() - started
     mtm = _scores(evaluate(run, [session], tasks="co-smoothing", progress=False))
     linear = _scores(evaluate_linear_baseline([session], tasks="co-smoothing", progress=False))
-    rates = np.load(folder / "truth" / "test_rates.npy")
+    rates = load_true_rates(folder)["test"]
     spikes = session.split("test").spikes
     oracle = (bits_per_spike(rates, spikes), bits_per_spike_pooled(rates, spikes))
     return {

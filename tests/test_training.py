@@ -245,6 +245,38 @@ def test_finetune_shared_lr_scale_slows_only_the_pretrained_weights(trained_run,
         tiny_config("train.shared_lr_scale=0")
 
 
+def test_finetune_shrink_mixes_pretrained_and_fresh_weights(trained_run):
+    from spikemask.training.finetune import add_sessions, shrink_towards_fresh
+
+    def start(*sets: str):
+        checkpoint = load_checkpoint(trained_run / "checkpoints" / "best")
+        add_sessions(checkpoint, [make_session(session_id="new", num_units=9, seed=5)])
+        config = tiny_config(*sets)
+        own = list(checkpoint.model.session_parameters("new"))
+        snapshot = {k: v.clone() for k, v in checkpoint.model.state_dict().items()}
+        shrink_towards_fresh(checkpoint, config, keep=own)
+        return snapshot, checkpoint.model.state_dict(), checkpoint
+
+    pre, half, ck = start("train.finetune_shrink=0.5")
+    _, zero, _ = start("train.finetune_shrink=0")
+    _, again, _ = start("train.finetune_shrink=0.5")
+    _, other_seed, _ = start("train.finetune_shrink=0.5", "train.seed=7")
+    own = {id(p) for p in ck.model.session_parameters("new")}
+    new_keys = {k for k, p in ck.model.named_parameters() if id(p) in own}
+    assert new_keys  # the new session's layers exist and are left alone
+    shared = [k for k, _ in ck.model.named_parameters() if k not in new_keys]
+    for k in new_keys:
+        assert torch.equal(half[k], pre[k])
+    for k in shared:
+        # s * pre-trained + (1 - s) * fresh, with fresh = the s = 0 start
+        torch.testing.assert_close(half[k], 0.5 * pre[k] + 0.5 * zero[k])
+        assert torch.equal(half[k], again[k])  # same seed, same start
+    assert any(not torch.equal(half[k], other_seed[k]) for k in shared)
+    assert any(not torch.equal(zero[k], pre[k]) for k in shared)
+    with pytest.raises(SpikemaskError, match="finetune_shrink"):
+        tiny_config("train.finetune_shrink=1.5")
+
+
 def test_finetune_errors(trained_run, tmp_path):
     with pytest.raises(SpikemaskError, match="already in the model"):
         finetune(trained_run, [make_session()], tmp_path / "a", config=tiny_config())

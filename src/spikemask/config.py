@@ -91,6 +91,10 @@ class TrainConfig:
         shared_lr_scale: Fine-tuning only: the pre-trained (shared) weights learn at
             ``lr * shared_lr_scale`` while the new sessions' layers learn at ``lr``
             (1 = one learning rate for all; training from scratch ignores it).
+        finetune_shrink: Fine-tuning only: start each pre-trained weight at
+            ``finetune_shrink * pre-trained + (1 - finetune_shrink) * fresh`` where
+            ``fresh`` is a new initialisation seeded by ``seed`` ("shrink and perturb");
+            1 = start from the pre-trained weights as they are.
         gradient_clip: Gradient-norm clip (0 = off).
         seed: Seed of every random choice (sampling, masks, dropout, initialisation).
         precision: ``auto`` picks bf16 autocast on GPUs that support it and on CPUs with
@@ -124,6 +128,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     warmup_fraction: float = 0.15
     shared_lr_scale: float = 1.0
+    finetune_shrink: float = 1.0
     gradient_clip: float = 1.0
     seed: int = 0
     precision: str = "auto"
@@ -152,6 +157,10 @@ class TrainConfig:
                 _check_positive(f"train.{name}", value)
         _check_positive("train.lr", self.lr)
         _check_positive("train.shared_lr_scale", self.shared_lr_scale)
+        if not 0 <= self.finetune_shrink <= 1:
+            raise SpikemaskError(
+                f"train.finetune_shrink={self.finetune_shrink}; expected a value in [0, 1]"
+            )
         if not 0 <= self.warmup_fraction < 1:
             raise SpikemaskError(
                 f"train.warmup_fraction={self.warmup_fraction}; expected a value in [0, 1)"

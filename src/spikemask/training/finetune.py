@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
@@ -16,6 +17,8 @@ from spikemask.data.loading import load_sessions
 from spikemask.data.session import Session
 from spikemask.devices import lightning_accelerator
 from spikemask.errors import SpikemaskError
+from spikemask.masking import SCHEMES
+from spikemask.models import build_model
 from spikemask.training.checkpoint import Checkpoint, load_run_checkpoint
 from spikemask.training.run import TrainResult, fit, init_unit_rates, session_info
 
@@ -143,6 +146,8 @@ def finetune(
         keep = {id(p) for p in own}
         shared = [p for p in model.parameters() if id(p) not in keep]
         callbacks = [SharedFrozenFirst(shared), *callbacks]
+    if config.train.finetune_shrink != 1.0:
+        shrink_towards_fresh(checkpoint, config, keep=own)
     checkpoint.model.train()
     record = {
         "kind": "finetune",
@@ -164,6 +169,34 @@ def finetune(
         resume=resume,
         callbacks=callbacks,
     )
+
+
+@torch.no_grad()
+def shrink_towards_fresh(
+    checkpoint: Checkpoint, config: RunConfig, keep: Sequence[nn.Parameter] = ()
+) -> None:
+    """Move the pre-trained weights part of the way back to a fresh initialisation.
+
+    Every parameter not in ``keep`` becomes ``s * pre-trained + (1 - s) * fresh`` with
+    ``s = config.train.finetune_shrink`` and ``fresh`` drawn from a generator seeded by
+    ``config.train.seed`` (the same seed gives the same start). The weights the caller
+    keeps (the new sessions' layers, initialised already) are left alone.
+    """
+    shrink = config.train.finetune_shrink
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+        torch.manual_seed(config.train.seed)
+        fresh = build_model(
+            config.model,
+            sessions={sid: info.num_units for sid, info in checkpoint.sessions.items()},
+            num_prompts=len(SCHEMES),
+        )
+    skip = {id(p) for p in keep}
+    new = dict(fresh.named_parameters())
+    for name, parameter in checkpoint.model.named_parameters():
+        if id(parameter) in skip:
+            continue
+        start = new[name].to(device=parameter.device, dtype=parameter.dtype)
+        parameter.mul_(shrink).add_(start, alpha=1.0 - shrink)
 
 
 def _finetune_config(

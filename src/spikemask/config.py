@@ -157,20 +157,18 @@ class TrainConfig:
                 _check_positive(f"train.{name}", value)
         _check_positive("train.lr", self.lr)
         _check_positive("train.shared_lr_scale", self.shared_lr_scale)
-        if not 0 <= self.finetune_shrink <= 1:
-            raise SpikemaskError(
-                f"train.finetune_shrink={self.finetune_shrink}; expected a value in [0, 1]"
-            )
-        if not 0 <= self.warmup_fraction < 1:
-            raise SpikemaskError(
-                f"train.warmup_fraction={self.warmup_fraction}; expected a value in [0, 1)"
-            )
+        for name, value, top_open in (
+            ("finetune_shrink", self.finetune_shrink, False),
+            ("warmup_fraction", self.warmup_fraction, True),
+            ("ema_decay", self.ema_decay, True),
+        ):
+            if not 0 <= value <= 1 or (top_open and value == 1):
+                bound = ")" if top_open else "]"
+                raise SpikemaskError(f"train.{name}={value}; expected a value in [0, 1{bound}")
         if self.weight_decay < 0 or self.gradient_clip < 0 or self.readout_l2 < 0:
             raise SpikemaskError(
                 "train.weight_decay, train.readout_l2 and train.gradient_clip must be >= 0"
             )
-        if not 0 <= self.ema_decay < 1:
-            raise SpikemaskError(f"train.ema_decay={self.ema_decay}; expected a value in [0, 1)")
         _check_choice("train.precision", str(self.precision), PRECISIONS)
         _check_positive("train.num_nodes", self.num_nodes)
         _check_positive("train.log_every_n_steps", self.log_every_n_steps)

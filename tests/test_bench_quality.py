@@ -123,3 +123,8 @@ def test_quality_benchmark_parts_spread_over_processes_join(tmp_path) -> None:
         replace(base, parts=("pretrain", "bogus"))
     with pytest.raises(SpikemaskError, match="expected auto, cpu, cuda"):
         replace(base, device="gpu0")
+    # the benchmark's own settings cannot be changed behind its back (it would ignore them)
+    with pytest.raises(SpikemaskError, match=r"sets train\.seed itself; use --seed"):
+        replace(base, sets=("model.dropout=0.2", "train.seed=1"))
+    with pytest.raises(SpikemaskError, match=r"train\.max_steps itself; use --steps"):
+        replace(base, sets=(" train.max_steps = 5",))

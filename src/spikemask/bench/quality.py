@@ -43,6 +43,15 @@ PARTS = ("pretrain", "mtm", "temporal", "finetune", "linear")
 #: The masking of the benchmark's MtM models: the default training mixture.
 MTM = "mtm-temporal"
 DEFAULT_TASKS = ("co-smoothing", "forward-prediction", "inter-region", "intra-region", "choice")
+#: Settings the benchmark makes itself (``--set`` may not change them), and the option to use.
+OWN_SETTINGS = {
+    "train.max_steps": "--steps / --pretrain-steps",
+    "train.max_epochs": "--steps / --pretrain-steps",
+    "train.max_minutes": "--steps / --pretrain-steps",
+    "train.seed": "--seed",
+    "masking.schemes": "nothing (MtM and temporal masking are what it compares)",
+    "data.session_sampling": "nothing (pre-training samples sessions evenly)",
+}
 
 
 @dataclass
@@ -93,6 +102,13 @@ class QualityConfig:
         from spikemask.devices import resolve_device
 
         resolve_device(self.device)  # an unknown or absent device fails before any training
+        for item in self.sets:
+            key = item.split("=", 1)[0].strip()
+            if key in OWN_SETTINGS:
+                raise SpikemaskError(
+                    f"--set {item!r}: the quality benchmark sets {key} itself; "
+                    f"use {OWN_SETTINGS[key]}"
+                )
 
     @property
     def partial(self) -> bool:

@@ -414,3 +414,65 @@ def test_a_new_session_starts_at_its_unit_rates(architecture):
     torch.testing.assert_close(out, rates.expand_as(out))
     with pytest.raises(SpikemaskError, match=r"expected \(11,\)"):
         model.set_unit_log_rates("s", torch.zeros(3))
+
+
+# ----- cheap CPU dropout ------------------------------------------------------------------
+
+
+def test_cpu_dropout_masks_drop_the_right_share_and_keep_the_mean():
+    from spikemask.models.dropout import dropout, keep_mask
+
+    for p in (0.05, 0.1, 0.4):
+        torch.manual_seed(0)
+        keep, scale = keep_mask((1000, 1000), p)
+        dropped = 1.0 - keep.float().mean().item()
+        assert abs(dropped - p) < 0.002  # 10^6 draws: sd ~5e-4
+        assert scale == pytest.approx(1.0 / (1.0 - round(p * 32768) / 32768))
+        x = torch.ones(1000, 1000, dtype=torch.bfloat16)
+        out = dropout(x, p, training=True)
+        assert out.dtype == torch.bfloat16
+        assert abs(out.float().mean().item() - 1.0) < 0.01
+        assert set(out.unique().float().tolist()) <= {0.0, float(torch.tensor(scale).bfloat16())}
+    torch.manual_seed(3)
+    a = keep_mask((5, 7, 9), 0.3)[0]
+    torch.manual_seed(3)
+    assert torch.equal(a, keep_mask((5, 7, 9), 0.3)[0])  # seeded: the same masks
+    assert a.shape == (5, 7, 9)
+    assert keep_mask((4, 4), 0.0)[0].all() and not keep_mask((4, 4), 1.0)[0].any()
+    x = torch.randn(6, 5, requires_grad=True)
+    assert dropout(x, 0.3, training=False) is x  # evaluation: untouched
+    out = dropout(x, 0.5, training=True)
+    out.sum().backward()
+    # the gradient is the mask times the scale: 0 where dropped, 2 where kept
+    assert torch.equal(x.grad, torch.where(out != 0, 2.0, 0.0))
+
+
+def test_math_attention_equals_sdpa_without_dropout():
+    from spikemask.models.layers import _math_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 6, 4) for _ in range(3))
+    allowed = torch.ones(6, 6, dtype=torch.bool).tril()
+    for mask in (None, allowed):
+        torch.testing.assert_close(
+            _math_attention(q, k, v, mask, 0.0),
+            F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+        )
+
+
+def test_cpu_dropout_choice_changes_masks_not_the_model():
+    bits = tiny_model(cpu_dropout="bits")
+    plain = tiny_model(cpu_dropout="torch")
+    plain.load_state_dict(bits.state_dict())
+    x = torch.poisson(torch.full((BATCH, BINS, UNITS), 0.5))
+    kwargs = {"session_id": "sess-a", "prompt": 0}
+    bits.eval(), plain.eval()
+    torch.testing.assert_close(bits(x, **kwargs).log_rates, plain(x, **kwargs).log_rates)
+    bits.train(), plain.train()
+    torch.manual_seed(1)
+    first = bits(x, **kwargs).log_rates
+    torch.manual_seed(1)
+    assert torch.equal(first, bits(x, **kwargs).log_rates)  # same seed, same masks
+    assert not torch.allclose(first, bits.eval()(x, **kwargs).log_rates)  # dropout is on
+    with pytest.raises(SpikemaskError, match="cpu_dropout"):
+        tiny_config(cpu_dropout="fast")

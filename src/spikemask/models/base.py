@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from spikemask.errors import SpikemaskError
 from spikemask.models.config import ModelConfig
+from spikemask.models.dropout import Dropout
 from spikemask.models.layers import (
     EMBEDDING_INIT_STD,
     INITIAL_RATE,
@@ -124,7 +125,7 @@ class SessionModel(nn.Module):
             if config.position_embedding == "learned"
             else None
         )
-        self.embed_dropout = nn.Dropout(config.embed_dropout)
+        self.embed_dropout = Dropout(config.embed_dropout, config.cpu_dropout)
         self.encoder = Encoder(config)
 
     # ----- session vocabulary -------------------------------------------------------------

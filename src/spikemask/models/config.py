@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from spikemask.errors import SpikemaskError
+from spikemask.models.dropout import CPU_DROPOUT_DRAWS
 
 __all__ = [
     "INPUT_SCALINGS",
@@ -55,6 +56,11 @@ class ModelConfig:
         input_scaling: what the model reads: ``"counts"`` (as they are), ``"sqrt"`` or
             ``"log1p"`` of the counts (both keep a hidden entry at 0 and shrink the bursts
             of high-rate units). The targets are always the counts.
+        cpu_dropout: how dropout masks are drawn on a CPU: ``"bits"`` (15-bit integers cut
+            from 64-bit random words, ~10x cheaper than torch's ``bernoulli_``; the drop
+            probability is rounded to a multiple of 1/32768, see
+            :mod:`spikemask.models.dropout`) or ``"torch"`` (torch's dropout). GPUs always
+            use torch's. Same model, same weights either way; only the random masks differ.
     """
 
     architecture: str = "ndt1"
@@ -74,10 +80,12 @@ class ModelConfig:
     max_space_patches: int = 64
     max_regions: int = 256
     input_scaling: str = "counts"
+    cpu_dropout: str = "bits"
 
     def __post_init__(self) -> None:
         _check_choice("architecture", self.architecture, ARCHITECTURES)
         _check_choice("input_scaling", self.input_scaling, INPUT_SCALINGS)
+        _check_choice("cpu_dropout", self.cpu_dropout, CPU_DROPOUT_DRAWS)
         _check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
         for name in (
             "width",

@@ -24,6 +24,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from spikemask.models.config import ModelConfig
+from spikemask.models.dropout import Dropout, dropout
 
 __all__ = [
     "INITIAL_RATE",
@@ -117,12 +118,18 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention through ``scaled_dot_product_attention``."""
+    """Multi-head self-attention through ``scaled_dot_product_attention``.
+
+    With attention dropout on a CPU in training, torch's SDPA takes its plain "math" path
+    anyway; there the same computation is written out so that the dropout mask is drawn
+    the cheap way (``model.cpu_dropout="bits"``, :mod:`spikemask.models.dropout`).
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.num_heads = config.num_heads
         self.attention_dropout = config.dropout
+        self.cpu_dropout = config.cpu_dropout
         self.qkv = nn.Linear(config.width, 3 * config.width)
         self.projection = nn.Linear(config.width, config.width)
 
@@ -149,14 +156,25 @@ class SelfAttention(nn.Module):
         if rotary is not None:
             query = apply_rotary(query, *rotary)
             key = apply_rotary(key, *rotary)
-        attended = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=attn_allowed,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-        )  # (B, H, P, E)
+        p = self.attention_dropout if self.training else 0.0
+        if p > 0 and self.cpu_dropout == "bits" and query.device.type == "cpu":
+            attended = _math_attention(query, key, value, attn_allowed, p)
+        else:
+            attended = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attn_allowed, dropout_p=p
+            )  # (B, H, P, E)
         return self.projection(rearrange(attended, "b h p e -> b p (h e)"))
+
+
+def _math_attention(
+    query: Tensor, key: Tensor, value: Tensor, attn_allowed: Tensor | None, p: float
+) -> Tensor:
+    """Softmax attention with dropout on the weights (what SDPA's math path computes)."""
+    scores = (query @ key.transpose(-2, -1)) * (1.0 / math.sqrt(query.shape[-1]))
+    if attn_allowed is not None:
+        scores = scores.masked_fill(~attn_allowed, float("-inf"))
+    weights = scores.softmax(dim=-1, dtype=torch.float32).to(value.dtype)
+    return dropout(weights, p, training=True) @ value
 
 
 class TransformerBlock(nn.Module):
@@ -172,7 +190,7 @@ class TransformerBlock(nn.Module):
             nn.GELU(),
             nn.Linear(config.mlp_width, config.width),
         )
-        self.residual_dropout = nn.Dropout(config.dropout)
+        self.residual_dropout = Dropout(config.dropout, config.cpu_dropout)
 
     def forward(
         self,

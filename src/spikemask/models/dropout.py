@@ -1,0 +1,68 @@
+"""Dropout whose CPU masks cost a fraction of torch's.
+
+On a CPU, ``torch.nn.functional.dropout`` draws one Bernoulli sample per element
+(``bernoulli_``), ~12 ns each on one Zen 4 core: 10-17 % of a ``paper``-preset training
+step in bf16. Here a CPU mask is cut from 64-bit random words instead: each word gives four
+15-bit integers (bit 63 of torch's ``random_`` on int64 is always 0, so each 16-bit piece
+keeps its 15 low bits), and an element is kept when its integer is at least
+``round(p * 2**15)``. The drop probability is therefore ``p`` rounded to a multiple of
+1/32768, and kept elements are scaled by ``1 / (1 - that probability)`` so the expected
+value is unchanged. The words come from torch's default CPU generator, so a seeded run
+draws the same masks. Other devices use torch's own dropout (fast there).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["CPU_DROPOUT_DRAWS", "Dropout", "dropout", "keep_mask"]
+
+#: How CPU dropout masks are drawn: ``bits`` (this module) or ``torch`` (``bernoulli_``).
+CPU_DROPOUT_DRAWS = ("bits", "torch")
+_LEVELS = 1 << 15
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[Tensor, float]:
+    """A CPU keep-mask of ``shape`` for drop probability ``p``, and the scale of kept values.
+
+    Returns:
+        ``(keep, scale)``: bool tensor (True = kept) and ``1 / (1 - p')`` where ``p'`` is
+        ``p`` rounded to a multiple of 1/32768.
+    """
+    count = 1
+    for size in shape:
+        count *= int(size)
+    threshold = min(max(round(p * _LEVELS), 0), _LEVELS)
+    if threshold == _LEVELS:  # (2**15 does not fit the int16 pieces)
+        return torch.zeros(shape, dtype=torch.bool), 0.0
+    words = torch.empty((count + 3) // 4, dtype=torch.int64).random_()
+    pieces = words.view(torch.int16)[:count] & (_LEVELS - 1)
+    keep = (pieces >= threshold).view(shape)
+    return keep, _LEVELS / (_LEVELS - threshold)
+
+
+def dropout(x: Tensor, p: float, training: bool, draws: str = "bits") -> Tensor:
+    """Inverted dropout; on a CPU with ``draws="bits"`` the mask comes from :func:`keep_mask`."""
+    if not training or p == 0.0:
+        return x
+    if draws != "bits" or x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, training=True)
+    keep, scale = keep_mask(x.shape, p)
+    return x * (keep.to(x.dtype) * scale)
+
+
+class Dropout(nn.Module):
+    """:class:`torch.nn.Dropout` with the cheaper CPU masks of :func:`dropout`."""
+
+    def __init__(self, p: float, draws: str = "bits") -> None:
+        super().__init__()
+        self.p = p
+        self.draws = draws
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training, self.draws)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, draws={self.draws}"

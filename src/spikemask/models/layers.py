@@ -169,11 +169,17 @@ class SelfAttention(nn.Module):
 def _math_attention(
     query: Tensor, key: Tensor, value: Tensor, attn_allowed: Tensor | None, p: float
 ) -> Tensor:
-    """Softmax attention with dropout on the weights (what SDPA's math path computes)."""
-    scores = (query @ key.transpose(-2, -1)) * (1.0 / math.sqrt(query.shape[-1]))
+    """Softmax attention with dropout on the weights (what SDPA's math path computes).
+
+    The scores and the softmax are computed in fp32 whatever the input dtype (as SDPA's
+    CPU math path does for bf16); the weights meet ``value`` in its own dtype.
+    """
+    scale = 1.0 / math.sqrt(query.shape[-1])
+    with torch.autocast(query.device.type, enabled=False):  # autocast would make it bf16
+        scores = (query.float() * scale) @ key.float().transpose(-2, -1)
     if attn_allowed is not None:
         scores = scores.masked_fill(~attn_allowed, float("-inf"))
-    weights = scores.softmax(dim=-1, dtype=torch.float32).to(value.dtype)
+    weights = scores.softmax(dim=-1).to(value.dtype)
     return dropout(weights, p, training=True) @ value
 
 

@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import yaml
 
 from spikemask.bench import QualityConfig, group_sessions, run_quality_benchmark
 from spikemask.bench.quality_report import win_counts
@@ -87,6 +88,8 @@ def test_bench_quality_cli_checks_its_flags(tmp_path, capsys) -> None:
         ["bench", "quality", str(tmp_path), "--out", str(tmp_path / "o"), "--set", "model.nope=1"]
     )
     assert code == 2 and "unknown key 'nope'" in capsys.readouterr().err
+    code = main(["bench", "quality", str(tmp_path), "--out", str(tmp_path), "--seed", "1", "1"])
+    assert code == 2 and "--seed 1 1; expected different seeds" in capsys.readouterr().err
 
 
 def test_quality_benchmark_parts_spread_over_processes_join(tmp_path) -> None:
@@ -128,3 +131,80 @@ def test_quality_benchmark_parts_spread_over_processes_join(tmp_path) -> None:
         replace(base, sets=("model.dropout=0.2", "train.seed=1"))
     with pytest.raises(SpikemaskError, match=r"train\.max_steps itself; use --steps"):
         replace(base, sets=(" train.max_steps = 5",))
+
+
+def test_quality_benchmark_over_seeds_reports_mean_and_range(tmp_path) -> None:
+    """Each seed is a whole benchmark in its own folder; the table is their mean."""
+    from spikemask.bench import run_quality_seeds
+
+    base = QualityConfig(
+        steps=2,
+        pretrain_steps=2,
+        sets=tuple(TINY_MODEL),
+        tasks=TASKS[:1],
+        parts=("mtm", "linear"),
+    )
+    sessions = _sessions()
+    lines: list[str] = []
+    partial = run_quality_seeds(sessions, tmp_path, base, seeds=(3, 4), log=lines.append)
+    assert partial["seeds"] == [3, 4] and not (tmp_path / "results.json").exists()
+    for seed in (3, 4):  # each seed trained its own models with its own seed
+        run = tmp_path / f"seed-{seed}" / "runs" / "ann" / "s0" / "mtm-scratch"
+        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == seed
+    summary = run_quality_seeds(
+        sessions, tmp_path, replace(base, table_only=True), seeds=(3, 4), log=lines.append
+    )
+    per_seed = [
+        json.loads((tmp_path / f"seed-{k}" / "results.json").read_text())["models"] for k in (3, 4)
+    ]
+    values = [m["MtM scratch"]["sessions"]["s1"]["co_smoothing"]["bps"] for m in per_seed]
+    assert values[0] != values[1]  # other seeds, other models
+    mean = summary["models"]["MtM scratch"]["sessions"]["s1"]["co_smoothing"]
+    assert mean["bps"] == pytest.approx(sum(values) / 2) and mean["num_seeds"] == 2
+    assert summary["seeds"] == [3, 4] and summary["groups"]["s2"] == "bob"
+    table = (tmp_path / "table.md").read_text()
+    assert "then over 2 seeds (3, 4)" in table
+    low, high = sorted(
+        sum(m["MtM scratch"]["sessions"][s]["co_smoothing"]["bps"] for s in ("s0", "s1")) / 2
+        for m in per_seed
+    )
+    assert f"| ann | MtM scratch | {low:.3f} – {high:.3f} (" in table
+    # the linear baseline has no seed: fitted once, shared by every seed
+    assert sorted(p.name for p in (tmp_path / "linear").iterdir()) == [
+        "s0.json",
+        "s1.json",
+        "s2.json",
+    ]
+    assert not (tmp_path / "seed-3" / "linear").exists()
+    linear = [m["linear"]["sessions"]["s0"]["co_smoothing"]["bps"] for m in per_seed]
+    assert (
+        linear[0]
+        == linear[1]
+        == summary["models"]["linear"]["sessions"]["s0"]["co_smoothing"]["bps"]
+    )
+    assert (tmp_path / "quality.png").stat().st_size > 10_000
+    with pytest.raises(SpikemaskError, match="expected one or more different seeds"):
+        run_quality_seeds(sessions, tmp_path, base, seeds=(1, 1))
+
+
+def test_mean_over_seeds_names_what_a_seed_lacks() -> None:
+    from spikemask.bench.quality_report import mean_over_seeds, quality_table
+
+    def models(bps: float, sessions=("a", "b")):
+        entry = {"co_smoothing": {"bps": bps, "bps_pooled": bps + 1, "num_units": 5}}
+        return {"MtM scratch": {"sessions": {s: entry for s in sessions}}}
+
+    per_seed = {0: {**models(0.1), "linear": models(0.0)["MtM scratch"]}, 1: models(0.3, "a")}
+    averaged, left_out = mean_over_seeds(per_seed)
+    assert list(averaged) == ["MtM scratch"]
+    assert averaged["MtM scratch"]["sessions"]["a"]["co_smoothing"] == {
+        "bps": pytest.approx(0.2),
+        "bps_pooled": pytest.approx(1.2),
+        "num_seeds": 2,
+    }
+    assert left_out == [
+        "linear: not run for every seed, left out",
+        "MtM scratch on b: not finished for every seed, left out",
+    ]
+    table = quality_table(averaged, {"a": "ann"}, per_seed)
+    assert "| ann | MtM scratch | 0.100 – 0.300 (1.100 – 1.300)" in table

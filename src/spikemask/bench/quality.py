@@ -18,6 +18,10 @@ validation split only: nothing here looks at a test score before reporting it.
 Writes into ``out``: ``results.json`` (every evaluation), ``table.md`` (per group and
 overall, with win counts) and ``quality.png``. Resumable: finished runs and evaluations
 (``evaluation.json`` in each run folder) are reused.
+
+:func:`run_quality_seeds` repeats the whole benchmark (pre-trainings included) for several
+seeds, each into ``out/seed-K``, and reports the mean over seeds with each group's range:
+single-seed differences between models are often smaller than the spread between seeds.
 """
 
 from __future__ import annotations
@@ -25,17 +29,24 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from spikemask.bench.quality_report import plot_quality, quality_table
+from spikemask.bench.quality_report import mean_over_seeds, plot_quality, quality_table
 from spikemask.config import RunConfig, load_config
 from spikemask.data.session import Session
 from spikemask.errors import SpikemaskError
 from spikemask.evaluation.engine import mean_over_sessions
 
-__all__ = ["MODELS", "PARTS", "QualityConfig", "group_sessions", "run_quality_benchmark"]
+__all__ = [
+    "MODELS",
+    "PARTS",
+    "QualityConfig",
+    "group_sessions",
+    "run_quality_benchmark",
+    "run_quality_seeds",
+]
 
 MODELS = ("MtM scratch", "temporal scratch", "MtM pre-trained", "linear")
 #: The pieces of work of one held-out group, selectable to spread a benchmark over processes.
@@ -176,8 +187,15 @@ def _finished(run: Path, result: Any) -> None:
 class _Bench:
     """State of one benchmark run: output folder, config, logger and results."""
 
-    def __init__(self, out: Path, config: QualityConfig, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        out: Path,
+        config: QualityConfig,
+        log: Callable[[str], None],
+        linear_dir: Path | None = None,
+    ) -> None:
         self.out, self.config, self.log = out, config, log
+        self.linear_dir = linear_dir or out / "linear"
         self.results: dict[str, dict[str, Any]] = {}
         self.groups_of: dict[str, str] = {}
         self.timings: dict[str, float] = {}
@@ -204,7 +222,7 @@ class _Bench:
     def linear(self, session: Session) -> dict[str, Any]:
         from spikemask.evaluation.evaluate import evaluate_linear_baseline
 
-        path = self.out / "linear" / f"{session.session_id}.json"
+        path = self.linear_dir / f"{session.session_id}.json"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             self.timed(
@@ -284,6 +302,7 @@ def run_quality_benchmark(
     config: QualityConfig | None = None,
     *,
     log: Callable[[str], None] = print,
+    linear_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the leave-one-group-out benchmark (see the module docstring).
 
@@ -292,6 +311,8 @@ def run_quality_benchmark(
         out: Output folder (created; reused to resume).
         config: Budgets and settings.
         log: Where progress lines go.
+        linear_dir: Folder of the linear baseline's evaluations (default ``out/linear``).
+            The baseline does not depend on the seed, so runs with other seeds can share it.
 
     Returns:
         ``{"models": {name: evaluation results}, "groups": {session id: group},
@@ -302,7 +323,7 @@ def run_quality_benchmark(
     held = _check_selection(groups, config)
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    bench = _Bench(out, config, log)
+    bench = _Bench(out, config, log, Path(linear_dir).expanduser() if linear_dir else None)
     if config.table_only:
         for group in held:
             _collect(bench, group, groups[group])
@@ -319,6 +340,76 @@ def run_quality_benchmark(
         bench.log("part done; join the parts with --table-only")
         return {"models": bench.results, "groups": bench.groups_of, "timings_s": bench.timings}
     return write_outputs(bench.results, bench.groups_of, out, config, bench.timings)
+
+
+def run_quality_seeds(
+    sessions: Sequence[Session],
+    out: str | Path,
+    config: QualityConfig | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    *,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the benchmark once per seed, into ``out/seed-K``, then average over the seeds.
+
+    Every seed repeats everything that has randomness (pre-trainings, from-scratch models,
+    fine-tunings); ``config.seed`` is replaced by each seed in turn. The linear baseline has
+    no seed: it is fitted once, into ``out/linear``. ``parts``, ``sessions`` and
+    ``table_only`` apply to every seed, so one process per seed (or per part) and a final
+    ``table_only`` call work as for one seed.
+
+    Returns:
+        ``{"models": the mean over seeds, "per_seed": {seed: models}, "groups", "seeds",
+        "config"}`` (also in ``out/results.json``, with ``table.md`` and ``quality.png``);
+        for a partial run, the per-seed results only.
+    """
+    config = config or QualityConfig()
+    seeds = tuple(int(seed) for seed in seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SpikemaskError(f"seeds {list(seeds)}; expected one or more different seeds")
+    out = Path(out).expanduser()
+    per_seed: dict[int, dict[str, Any]] = {}
+    for seed in seeds:
+        log(f"seed {seed} -> {out / f'seed-{seed}'}")
+        per_seed[seed] = run_quality_benchmark(
+            sessions,
+            out / f"seed-{seed}",
+            replace(config, seed=seed),
+            log=log,
+            linear_dir=out / "linear",
+        )
+    models = {seed: summary["models"] for seed, summary in per_seed.items()}
+    if config.partial and not config.table_only:
+        return {"per_seed": models, "seeds": list(seeds)}
+    groups_of: dict[str, str] = {}
+    for summary in per_seed.values():
+        groups_of.update(summary["groups"])
+    averaged, left_out = mean_over_seeds(models)
+    for line in left_out:
+        log(line)
+    for result in averaged.values():
+        result["mean"] = mean_over_sessions(result["sessions"])
+    settings = {
+        k: v
+        for k, v in vars(config).items()
+        if k not in ("table_only", "parts", "sessions", "device", "seed")
+    }
+    summary = {
+        "models": averaged,
+        "per_seed": {
+            seed: {name: {"mean": result["mean"]} for name, result in m.items()}
+            for seed, m in models.items()
+        },
+        "groups": groups_of,
+        "seeds": list(seeds),
+        "config": {**settings, "seeds": list(seeds)},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(summary, indent=1, default=list))
+    (out / "table.md").write_text(quality_table(averaged, groups_of, models) + "\n")
+    if averaged:
+        plot_quality(averaged, groups_of, out / "quality.png", models)
+    return summary
 
 
 def _check_selection(groups: dict[str, list[Session]], config: QualityConfig) -> list[str]:
@@ -375,7 +466,7 @@ def _collect(bench: _Bench, group: str, sessions: list[Session]) -> None:
             "MtM scratch": folder / "mtm-scratch" / "evaluation.json",
             "temporal scratch": folder / "temporal-scratch" / "evaluation.json",
             "MtM pre-trained": folder / "mtm-finetuned" / "evaluation.json",
-            "linear": bench.out / "linear" / f"{session.session_id}.json",
+            "linear": bench.linear_dir / f"{session.session_id}.json",
         }
         missing = [name for name, path in paths.items() if not path.is_file()]
         if missing:

@@ -10,7 +10,9 @@ _QUALITY_HELP = (
     "and temporal masking from scratch on each of its sessions, pre-train MtM on the other "
     "animals and fine-tune it with the same budget, evaluate every activity task (bits per "
     "spike per unit and pooled) and choice on the test splits next to the linear baseline; "
-    "write results.json, table.md and quality.png. Resumable."
+    "write results.json, table.md and quality.png. Resumable. With several --seed values "
+    "the whole benchmark is repeated per seed and the table shows the mean over seeds, each "
+    "group's range and the seeds in which each comparison holds."
 )
 
 
@@ -50,7 +52,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="default full",
     )
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        default=[0],
+        metavar="K",
+        help="seed of every run (default 0); several seeds repeat the whole benchmark, each "
+        "into OUT/seed-K, and report the mean over seeds with each group's range",
+    )
     p.add_argument("--tasks", nargs="+", metavar="TASK", help="evaluation tasks")
     p.add_argument(
         "--table-only",
@@ -141,6 +151,7 @@ def _cmd_quality(args: argparse.Namespace) -> int:
         PARTS,
         QualityConfig,
         run_quality_benchmark,
+        run_quality_seeds,
     )
     from spikemask.config import load_config
     from spikemask.data.loading import load_sessions
@@ -150,6 +161,8 @@ def _cmd_quality(args: argparse.Namespace) -> int:
     for flag, value in (("--steps", args.steps), ("--pretrain-steps", args.pretrain_steps)):
         if value < 1:
             raise SpikemaskError(f"{flag} {value}; expected a positive number of steps")
+    if len(set(args.seed)) != len(args.seed):
+        raise SpikemaskError(f"--seed {' '.join(map(str, args.seed))}; expected different seeds")
     tasks = resolve_tasks(args.tasks) if args.tasks else DEFAULT_TASKS
     load_config(preset=args.preset, sets=args.sets)  # unknown keys fail before any work
     config = QualityConfig(
@@ -161,14 +174,21 @@ def _cmd_quality(args: argparse.Namespace) -> int:
         sets=tuple(args.sets),
         finetune_mode=args.finetune_mode,
         tasks=tuple(tasks),
-        seed=args.seed,
+        seed=args.seed[0],
         table_only=args.table_only,
         parts=tuple(args.parts) if args.parts else PARTS,
         sessions=tuple(args.sessions) if args.sessions else None,
         device=args.device,
     )
     sessions = load_sessions(args.data)
-    run_quality_benchmark(sessions, args.out, config, log=lambda line: print(line, flush=True))
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    if len(args.seed) > 1:
+        run_quality_seeds(sessions, args.out, config, args.seed, log=log)
+    else:
+        run_quality_benchmark(sessions, args.out, config, log=log)
     if config.partial:
         return 0
     print((args.out / "table.md").read_text())

@@ -17,7 +17,6 @@ from spikemask.data.loading import load_sessions
 from spikemask.data.session import Session
 from spikemask.devices import lightning_accelerator
 from spikemask.errors import SpikemaskError
-from spikemask.masking import SCHEMES
 from spikemask.models import build_model
 from spikemask.training.checkpoint import Checkpoint, load_run_checkpoint
 from spikemask.training.run import TrainResult, fit, init_unit_rates, session_info
@@ -188,7 +187,7 @@ def shrink_towards_fresh(
         fresh = build_model(
             config.model,
             sessions={sid: info.num_units for sid, info in checkpoint.sessions.items()},
-            num_prompts=len(SCHEMES),
+            num_prompts=checkpoint.model.num_prompts,
         )
     skip = {id(p) for p in keep}
     new = dict(fresh.named_parameters())

@@ -208,3 +208,44 @@ def test_mean_over_seeds_names_what_a_seed_lacks() -> None:
     ]
     table = quality_table(averaged, {"a": "ann"}, per_seed)
     assert "| ann | MtM scratch | 0.100 – 0.300 (1.100 – 1.300)" in table
+
+
+def test_quality_benchmark_adds_the_oracle_on_synthetic_sessions(tmp_path, capsys) -> None:
+    """Sessions written with their true rates get an oracle row and each model's share."""
+    from spikemask.data.loading import load_sessions
+    from spikemask.data.synthetic import SyntheticConfig, load_true_rates, synthesize
+    from spikemask.evaluation.metrics import bits_per_spike
+
+    small = SyntheticConfig(
+        num_regions=3,
+        latent_dim=2,
+        units_per_region=(6, 8),
+        num_trials=(40, 44),
+        num_bins=30,
+        window_start_s=-0.2,
+    )
+    folders = synthesize(tmp_path / "synth", num_sessions=2, seed=5, config=small)
+    out = tmp_path / "bench"
+    args = ["bench", "quality", *map(str, folders), "--out", str(out), "--parts", "linear"]
+    assert main([*args, "--tasks", "co-smoothing"]) == 0
+    assert main([*args[:-2], "--table-only", "--tasks", "co-smoothing"]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    session = load_sessions([folders[0]])[0]
+    expected = bits_per_spike(load_true_rates(folders[0])["test"], session.split("test").spikes)
+    oracle = summary["models"]["oracle"]["sessions"][session.session_id]["co_smoothing"]
+    assert oracle["bps"] == pytest.approx(expected)
+    linear = summary["models"]["linear"]["sessions"][session.session_id]["co_smoothing"]["bps"]
+    assert linear < oracle["bps"]  # the true rates are the ceiling
+    table = (out / "table.md").read_text()
+    group = session.metadata["subject"]
+    assert "Co-smoothing as a share of the oracle's (true rates)" in table
+    assert f"| {group} | {linear / oracle['bps']:.0%} (" in table
+    # sessions without truth/ (every real recording) get no oracle row
+    plain = tmp_path / "plain"
+    run_quality_benchmark(
+        _sessions(), plain, QualityConfig(parts=("linear",), tasks=("co-smoothing",)), log=print
+    )
+    joined = run_quality_benchmark(
+        _sessions(), plain, QualityConfig(table_only=True, tasks=("co-smoothing",)), log=print
+    )
+    assert "oracle" not in joined["models"]

@@ -9,7 +9,9 @@ out in turn, it trains and evaluates on each held-out session:
 (c) ``MtM pre-trained``: MtM pre-trained on every session of the *other* groups
     (session-balanced batches), then fine-tuned on the held-out session with the same
     step budget as (a);
-(d) ``linear``: the reference linear baseline.
+(d) ``linear``: the reference linear baseline;
+(e) ``oracle``, on synthetic sessions whose ground truth is given (``truth``): the true
+    rates' co-smoothing bits per spike, the ceiling that the others are a share of.
 
 Every model is evaluated on the held-out sessions' test splits (all activity tasks, per
 unit and pooled, and trial choice). Settings come from the recipe's defaults and the
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,7 @@ __all__ = [
     "run_quality_seeds",
 ]
 
-MODELS = ("MtM scratch", "temporal scratch", "MtM pre-trained", "linear")
+MODELS = ("MtM scratch", "temporal scratch", "MtM pre-trained", "linear", "oracle")
 #: The pieces of work of one held-out group, selectable to spread a benchmark over processes.
 PARTS = ("pretrain", "mtm", "temporal", "finetune", "linear")
 #: The masking of the benchmark's MtM models: the default training mixture.
@@ -193,9 +195,11 @@ class _Bench:
         config: QualityConfig,
         log: Callable[[str], None],
         linear_dir: Path | None = None,
+        truth: Mapping[str, str | Path] | None = None,
     ) -> None:
         self.out, self.config, self.log = out, config, log
         self.linear_dir = linear_dir or out / "linear"
+        self.truth = dict(truth or {})
         self.results: dict[str, dict[str, Any]] = {}
         self.groups_of: dict[str, str] = {}
         self.timings: dict[str, float] = {}
@@ -237,6 +241,28 @@ class _Bench:
                 ),
             )
         return json.loads(path.read_text())
+
+    def add_oracle(self, session: Session, group: str) -> None:
+        """The true rates' co-smoothing on the test split, for a session with ground truth."""
+        if session.session_id not in self.truth:
+            return
+        from spikemask.data.synthetic import load_true_rates
+        from spikemask.evaluation.metrics import bits_per_spike, bits_per_spike_pooled
+
+        rates = load_true_rates(self.truth[session.session_id])["test"]
+        spikes = session.split("test").spikes
+        if rates.shape != spikes.shape:
+            raise SpikemaskError(
+                f"true rates of {session.session_id!r} have shape {rates.shape}; expected the "
+                f"test split's {spikes.shape} (truth/ of another session?)"
+            )
+        entry = {
+            "bps": bits_per_spike(rates, spikes),
+            "bps_pooled": bits_per_spike_pooled(rates, spikes),
+            "num_units": int(spikes.shape[-1]),
+        }
+        result = {"sessions": {session.session_id: {"co_smoothing": entry}}, "split": "test"}
+        self.add("oracle", group, {**result, "model": "true rates"})
 
     def add(self, name: str, group: str, result: dict[str, Any]) -> None:
         entry = self.results.setdefault(
@@ -303,6 +329,7 @@ def run_quality_benchmark(
     *,
     log: Callable[[str], None] = print,
     linear_dir: str | Path | None = None,
+    truth: Mapping[str, str | Path] | None = None,
 ) -> dict[str, Any]:
     """Run the leave-one-group-out benchmark (see the module docstring).
 
@@ -313,6 +340,9 @@ def run_quality_benchmark(
         log: Where progress lines go.
         linear_dir: Folder of the linear baseline's evaluations (default ``out/linear``).
             The baseline does not depend on the seed, so runs with other seeds can share it.
+        truth: Session id -> folder of a synthetic session written with its ground truth
+            (``truth/``, see :func:`spikemask.data.synthetic.load_true_rates`); those
+            sessions get an ``oracle`` row (co-smoothing of the true rates).
 
     Returns:
         ``{"models": {name: evaluation results}, "groups": {session id: group},
@@ -323,7 +353,8 @@ def run_quality_benchmark(
     held = _check_selection(groups, config)
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    bench = _Bench(out, config, log, Path(linear_dir).expanduser() if linear_dir else None)
+    linear = Path(linear_dir).expanduser() if linear_dir else None
+    bench = _Bench(out, config, log, linear, truth)
     if config.table_only:
         for group in held:
             _collect(bench, group, groups[group])
@@ -349,6 +380,7 @@ def run_quality_seeds(
     seeds: Sequence[int] = (0, 1, 2),
     *,
     log: Callable[[str], None] = print,
+    truth: Mapping[str, str | Path] | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark once per seed, into ``out/seed-K``, then average over the seeds.
 
@@ -377,6 +409,7 @@ def run_quality_seeds(
             replace(config, seed=seed),
             log=log,
             linear_dir=out / "linear",
+            truth=truth,
         )
     models = {seed: summary["models"] for seed, summary in per_seed.items()}
     if config.partial and not config.table_only:
@@ -453,6 +486,7 @@ def _run_session(bench: _Bench, session: Session, group: str, pretrained: Path) 
         bench.add("MtM pre-trained", group, bench.evaluate(tuned, session))
     if "linear" in parts:
         bench.add("linear", group, bench.linear(session))
+    bench.add_oracle(session, group)
     if not bench.config.partial:
         write_outputs(bench.results, bench.groups_of, bench.out, bench.config, bench.timings)
 
@@ -476,6 +510,7 @@ def _collect(bench: _Bench, group: str, sessions: list[Session]) -> None:
         for name, path in paths.items():
             if name not in missing:
                 bench.add(name, group, json.loads(path.read_text()))
+        bench.add_oracle(session, group)
 
 
 def write_outputs(

@@ -13,6 +13,7 @@ from spikemask.evaluation.tasks import ACTIVITY_TASKS
 __all__ = [
     "group_means",
     "mean_over_seeds",
+    "oracle_shares",
     "plot_quality",
     "quality_table",
     "seed_spread",
@@ -183,6 +184,47 @@ def _seed_rows(per_seed, groups_of, results) -> list[str]:
     return lines
 
 
+def oracle_shares(
+    results: dict[str, dict[str, Any]], groups_of: dict[str, str]
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """Group -> model -> its co-smoothing bits per spike as a share of the ``oracle``'s
+    (true rates), per unit and pooled, each over the group's sessions that have both."""
+    shares: dict[str, dict[str, tuple[float, float]]] = {}
+    if "oracle" not in results:
+        return shares
+    truth = results["oracle"]["sessions"]
+    for name, result in results.items():
+        if name == "oracle":
+            continue
+        both = {s: e for s, e in result["sessions"].items() if s in truth and "co_smoothing" in e}
+        for group in dict.fromkeys(groups_of[s] for s in both):
+            ids = [s for s in both if groups_of[s] == group]
+            ratio = []
+            for metric in ("bps", "bps_pooled"):
+                model = np.mean([both[s]["co_smoothing"][metric] for s in ids])
+                oracle = np.mean([truth[s]["co_smoothing"][metric] for s in ids])
+                ratio.append(float(model / oracle))
+            shares.setdefault(group, {})[name] = (ratio[0], ratio[1])
+    return shares
+
+
+def _oracle_rows(results, groups_of) -> list[str]:
+    shares = oracle_shares(results, groups_of)
+    names = [n for n in results if n != "oracle"]
+    lines = [
+        "Co-smoothing as a share of the oracle's (true rates), per unit (pooled):",
+        "",
+        "| held out | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for group, by_model in shares.items():
+        cells = [
+            f"{by_model[n][0]:.0%} ({by_model[n][1]:.0%})" if n in by_model else "—" for n in names
+        ]
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _fmt(value: float | None) -> str:
     return "—" if value is None or not np.isfinite(value) else f"{value:.3f}"
 
@@ -260,6 +302,8 @@ def quality_table(
             ]
             if cells:
                 lines.append(f"| {first} > {second} | {TITLES[task]} | " + " | ".join(cells) + " |")
+    if "oracle" in results:
+        lines += ["", *_oracle_rows(results, groups_of)]
     if per_seed:
         lines += ["", *_seed_rows(per_seed, groups_of, results)]
     every = "Every session (mean over seeds):" if per_seed else "Every session:"

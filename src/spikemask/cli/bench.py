@@ -12,7 +12,9 @@ _QUALITY_HELP = (
     "spike per unit and pooled) and choice on the test splits next to the linear baseline; "
     "write results.json, table.md and quality.png. Resumable. With several --seed values "
     "the whole benchmark is repeated per seed and the table shows the mean over seeds, each "
-    "group's range and the seeds in which each comparison holds."
+    "group's range and the seeds in which each comparison holds. On synthetic sessions "
+    "(spikemask synth) the true rates join as an oracle row: co-smoothing and each model's "
+    "share of it."
 )
 
 
@@ -181,19 +183,34 @@ def _cmd_quality(args: argparse.Namespace) -> int:
         device=args.device,
     )
     sessions = load_sessions(args.data)
+    truth = _truth_folders(args.data, sessions)
 
     def log(line: str) -> None:
         print(line, flush=True)
 
     if len(args.seed) > 1:
-        run_quality_seeds(sessions, args.out, config, args.seed, log=log)
+        run_quality_seeds(sessions, args.out, config, args.seed, log=log, truth=truth)
     else:
-        run_quality_benchmark(sessions, args.out, config, log=log)
+        run_quality_benchmark(sessions, args.out, config, log=log, truth=truth)
     if config.partial:
         return 0
     print((args.out / "table.md").read_text())
     print(f"results        {args.out / 'results.json'}\nfigure         {args.out / 'quality.png'}")
     return 0
+
+
+def _truth_folders(sources: list[str], sessions: list) -> dict[str, Path]:
+    """Session id -> folder, for the synthetic sessions written with their true rates."""
+    from spikemask.data.loading import expand_sources
+
+    truth = {}
+    for source, session in zip(expand_sources(sources), sessions, strict=True):
+        folder = Path(source).expanduser()
+        if folder.name == "data":
+            folder = folder.parent
+        if (folder / "truth").is_dir():
+            truth[session.session_id] = folder
+    return truth
 
 
 COMMANDS = {"bench": cmd_bench}

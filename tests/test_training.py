@@ -197,7 +197,8 @@ def test_finetune_staged_trains_session_layers_first_then_everything(trained_run
 
     def tuned(steps: int, name: str) -> dict:
         config = tiny_config(f"train.max_steps={steps}", "train.weight_decay=0.1")
-        result = finetune(trained_run, [new], tmp_path / name, mode="staged", config=config)
+        result = finetune(trained_run, [new], tmp_path / name, config=config)  # the default
+        assert json.loads((result.run_dir / "run.json").read_text())["mode"] == "staged"
         return load_checkpoint(result.run_dir / "checkpoints" / "last").model.state_dict()
 
     # 3 steps: the first (progress 0 < 1/4) leaves the shared weights alone (weight decay
@@ -226,7 +227,7 @@ def test_finetune_shared_lr_scale_slows_only_the_pretrained_weights(trained_run,
         config = tiny_config("train.max_steps=4", f"train.shared_lr_scale={scale}")
         seen = PeakLearningRates()
         run = tmp_path / str(scale)
-        result = finetune(trained_run, [new], run, config=config, callbacks=[seen])
+        result = finetune(trained_run, [new], run, mode="full", config=config, callbacks=[seen])
         last = load_checkpoint(result.run_dir / "checkpoints" / "last")
         after = last.model.state_dict()
         assert last.config.train.shared_lr_scale == scale  # recorded in the run's config

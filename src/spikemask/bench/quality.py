@@ -97,7 +97,7 @@ class QualityConfig:
     held_out: tuple[str, ...] | None = None
     preset: str = "small"
     sets: tuple[str, ...] = ()
-    finetune_mode: str = "full"
+    finetune_mode: str = "staged"
     tasks: tuple[str, ...] = DEFAULT_TASKS
     seed: int = 0
     table_only: bool = False

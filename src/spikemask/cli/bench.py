@@ -50,8 +50,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--finetune-mode",
         choices=("full", "session", "staged"),
-        default="full",
-        help="default full",
+        default="staged",
+        help="how fine-tuning starts (default staged, as spikemask finetune)",
     )
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument(

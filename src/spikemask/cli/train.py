@@ -90,9 +90,10 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mode",
         choices=("full", "session", "staged"),
-        default="full",
-        help="train all weights, only the new session's layers, or those first and then all "
-        "(staged: the first quarter of the budget)",
+        default="staged",
+        help="staged (default): the new session's layers alone for the first quarter of the "
+        "budget, then all weights; full: all weights from the start; session: only the new "
+        "session's layers",
     )
     p.add_argument(
         "--masking",

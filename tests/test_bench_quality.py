@@ -210,6 +210,19 @@ def test_mean_over_seeds_names_what_a_seed_lacks() -> None:
     assert "| ann | MtM scratch | 0.100 – 0.300 (1.100 – 1.300)" in table
 
 
+def test_quality_figure_over_seeds_with_equal_seeds(tmp_path) -> None:
+    """A model with the same score in every seed (the linear baseline): the mean of three
+    0.7s is one rounding step below 0.7, and the whiskers must still be drawn."""
+    from spikemask.bench.quality_report import mean_over_seeds, plot_quality
+
+    entry = {"co_smoothing": {"bps": 0.7, "bps_pooled": 0.7}}
+    per_seed = {k: {"linear": {"sessions": {"a": entry}}} for k in range(3)}
+    averaged, _ = mean_over_seeds(per_seed)
+    assert averaged["linear"]["sessions"]["a"]["co_smoothing"]["bps"] < 0.7
+    plot_quality(averaged, {"a": "ann"}, tmp_path / "q.png", per_seed)
+    assert (tmp_path / "q.png").stat().st_size > 10_000
+
+
 def test_quality_benchmark_adds_the_oracle_on_synthetic_sessions(tmp_path, capsys) -> None:
     """Sessions written with their true rates get an oracle row and each model's share."""
     from spikemask.data.loading import load_sessions

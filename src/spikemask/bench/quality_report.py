@@ -348,7 +348,9 @@ def plot_quality(
                     ranges = [spread.get(g, {}).get(name) or [np.nan] for g in groups]
                     low = np.array([min(r) for r in ranges])
                     high = np.array([max(r) for r in ranges])
-                    yerr = np.nan_to_num(np.stack([values - low, high - values]))
+                    # the mean of equal values can fall one rounding step outside them
+                    spans = np.stack([values - low, high - values])
+                    yerr = np.clip(np.nan_to_num(spans), 0.0, None)
                 ax.bar(positions, values, width, label=name, yerr=yerr, capsize=2)
             ax.axhline(0.0, color="black", lw=0.6)
             ax.set_xticks(np.arange(len(groups)), groups)

@@ -95,6 +95,9 @@ class TrainConfig:
             ``finetune_shrink * pre-trained + (1 - finetune_shrink) * fresh`` where
             ``fresh`` is a new initialisation seeded by ``seed`` ("shrink and perturb");
             1 = start from the pre-trained weights as they are.
+        staged_fraction: Fine-tuning in ``staged`` mode only: the share of the budget (by
+            the learning-rate schedule's progress) during which only the new sessions'
+            layers learn; then every weight does.
         gradient_clip: Gradient-norm clip (0 = off).
         seed: Seed of every random choice (sampling, masks, dropout, initialisation).
         precision: ``auto`` picks bf16 autocast on GPUs that support it and on CPUs with
@@ -129,6 +132,7 @@ class TrainConfig:
     warmup_fraction: float = 0.15
     shared_lr_scale: float = 1.0
     finetune_shrink: float = 1.0
+    staged_fraction: float = 0.25
     gradient_clip: float = 1.0
     seed: int = 0
     precision: str = "auto"
@@ -159,6 +163,7 @@ class TrainConfig:
         _check_positive("train.shared_lr_scale", self.shared_lr_scale)
         for name, value, top_open in (
             ("finetune_shrink", self.finetune_shrink, False),
+            ("staged_fraction", self.staged_fraction, True),
             ("warmup_fraction", self.warmup_fraction, True),
             ("ema_decay", self.ema_decay, True),
         ):

@@ -21,12 +21,9 @@ from spikemask.models import build_model
 from spikemask.training.checkpoint import Checkpoint, load_run_checkpoint
 from spikemask.training.run import TrainResult, fit, init_unit_rates, session_info
 
-__all__ = ["FINETUNE_MODES", "STAGED_FRACTION", "add_sessions", "finetune", "load_run_checkpoint"]
+__all__ = ["FINETUNE_MODES", "add_sessions", "finetune", "load_run_checkpoint"]
 
 FINETUNE_MODES = ("full", "session", "staged")
-#: Share of a ``staged`` fine-tuning (by the learning-rate schedule's progress) during which
-#: only the new sessions' layers learn; then every weight does.
-STAGED_FRACTION = 0.25
 
 
 class SharedFrozenFirst(Callback):
@@ -38,7 +35,7 @@ class SharedFrozenFirst(Callback):
     a minutes budget), so a resumed run continues in the same stage.
     """
 
-    def __init__(self, shared: Sequence[nn.Parameter], fraction: float = STAGED_FRACTION):
+    def __init__(self, shared: Sequence[nn.Parameter], fraction: float):
         self.shared = list(shared)
         self.fraction = fraction
         self._progress = None
@@ -99,9 +96,10 @@ def finetune(
         data: Dataset folders (or sessions) the model has not seen.
         out: New run folder.
         mode: ``staged`` (default) trains only the new sessions' read-in / read-out
-            layers and session tokens for the first :data:`STAGED_FRACTION` of the budget,
-            then every weight; ``full`` trains every weight from the start (the pre-trained
-            ones at ``train.lr * train.shared_lr_scale``, by default the same rate);
+            layers and session tokens for the first ``config.train.staged_fraction`` of
+            the budget (default a quarter), then every weight; ``full`` trains every
+            weight from the start (the pre-trained ones at
+            ``train.lr * train.shared_lr_scale``, by default the same rate);
             ``session`` trains only the new sessions' layers (fast, the shared model
             frozen). Staged was ahead of full on the validation splits of all 11 shared
             sessions, each held out with its animal (BENCHMARKS.md §7).
@@ -146,7 +144,7 @@ def finetune(
     elif mode == "staged":
         keep = {id(p) for p in own}
         shared = [p for p in model.parameters() if id(p) not in keep]
-        callbacks = [SharedFrozenFirst(shared), *callbacks]
+        callbacks = [SharedFrozenFirst(shared, config.train.staged_fraction), *callbacks]
     if config.train.finetune_shrink != 1.0:
         shrink_towards_fresh(checkpoint, config, keep=own)
     checkpoint.model.train()

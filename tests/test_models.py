@@ -382,6 +382,8 @@ def test_model_preset():
         ({"session_token": "yes"}, "session_token must be a bool"),
         ({"width": 6, "num_heads": 2, "position_embedding": "rotary"}, "even head width"),
         ({"input_scaling": "log"}, "input_scaling"),
+        ({"hidden_flags": 1}, "hidden_flags must be a bool"),
+        ({"hidden_flags": True, "architecture": "ndt2"}, "hidden_flags needs architecture"),
     ],
 )
 def test_config_validation(overrides, message):
@@ -476,3 +478,39 @@ def test_cpu_dropout_choice_changes_masks_not_the_model():
     assert not torch.allclose(first, bits.eval()(x, **kwargs).log_rates)  # dropout is on
     with pytest.raises(SpikemaskError, match="cpu_dropout"):
         tiny_config(cpu_dropout="fast")
+
+
+def test_hidden_flags_tell_a_hidden_unit_from_a_silent_one():
+    model = tiny_model(hidden_flags=True).eval()
+    adapter = model.adapter("sess-a")
+    assert not adapter.hidden_in.weight.any()  # starts at zero: as if there were no flags
+    assert adapter.hidden_in.bias is None
+    assert any(p is adapter.hidden_in.weight for p in model.session_parameters("sess-a"))
+    spikes = poisson_spikes()
+    hidden = torch.zeros(spikes.shape, dtype=torch.bool)
+    hidden[:, :, 3] = True
+    masked = spikes.masked_fill(hidden, 0)
+    plain = model(masked, session_id="sess-a", prompt=0).log_rates
+    with torch.no_grad():
+        adapter.hidden_in.weight.normal_(generator=torch.Generator().manual_seed(2))
+    # nothing hidden (hidden=None or all False): the flags add nothing
+    torch.testing.assert_close(model(masked, session_id="sess-a", prompt=0).log_rates, plain)
+    none_hidden = torch.zeros_like(hidden)
+    out = model(masked, session_id="sess-a", prompt=0, hidden=none_hidden).log_rates
+    torch.testing.assert_close(out, plain)
+    # the same zeros, once hidden and once silent, now read differently
+    flagged = model(masked, session_id="sess-a", prompt=0, hidden=hidden).log_rates
+    assert not torch.allclose(flagged, plain, atol=1e-4)
+    # and the flag is exactly the column of hidden_in added to the read-in
+    stitched = adapter.read_in(masked) + adapter.hidden_in.weight[:, 3]
+    expected = adapter.read_out(model.encode_stitched(stitched, session_id="sess-a", prompt=0))
+    torch.testing.assert_close(flagged, expected)
+    with pytest.raises(SpikemaskError, match="hidden has shape"):
+        model(masked, session_id="sess-a", prompt=0, hidden=hidden[:, :, :4])
+    # NDT2 and models without flags accept and ignore the argument
+    for other in (tiny_model(), tiny_model("ndt2")):
+        other.eval()
+        torch.testing.assert_close(
+            other(masked, session_id="sess-a", prompt=0, hidden=hidden).log_rates,
+            other(masked, session_id="sess-a", prompt=0).log_rates,
+        )

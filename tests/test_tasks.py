@@ -320,3 +320,29 @@ def test_score_task_per_unit_and_per_region_values():
 def test_to_jsonable_rounds_and_replaces_nan():
     value = {"a": np.float32(0.123456), "b": [math.nan, np.int64(3), True], "c": math.inf}
     assert to_jsonable(value, 3) == {"a": 0.123, "b": [None, 3, True], "c": None}
+
+
+@pytest.mark.parametrize("task", ["co-smoothing", "intra-region", "inter-region"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_hidden_flags_model_equals_one_forward_pass_per_variant(task, fast):
+    """A model that reads hidden flags: the fast path adds each hidden unit's flag column
+    and no longer serves silent units from their base copy; the rates are those of one
+    plain forward pass per masked copy, and the flags change them."""
+    session = tiny_session(num_units=13, trials=(6, 2, 9), rate=0.04, seed=3)
+    model = tiny_model(session, hidden_flags=True)
+    plan = plan_task(session, task)
+    spikes = session.split("test").spikes
+    expected = np.full(spikes.shape, np.nan)
+    for hidden, targets in zip(plan.hidden_units, plan.targets, strict=True):
+        mask = torch.as_tensor(np.broadcast_to(hidden, spikes.shape).copy())
+        (out,) = model.forward(spikes, session, hidden=mask, prompt=model.prompt_for(plan.scheme))
+        expected[:, :, targets] = out.log_rates[:, :, targets].exp().numpy()
+    rates = predict_task(model, session, plan, batch_size=5, fast=fast)
+    np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-7)
+
+    adapter = model.model.adapter(session.session_id)
+    with torch.no_grad():
+        adapter.hidden_in.weight.zero_()
+    unflagged = predict_task(model, session, plan, batch_size=5, fast=fast)
+    scored = np.isfinite(rates)
+    assert not np.allclose(unflagged[scored], rates[scored], rtol=1e-3)

@@ -121,7 +121,8 @@ class TrainedModel:
     ) -> Iterator[ModelOutput]:
         """Run the model over (M, T, N) inputs in chunks of ``batch_size`` rows.
 
-        ``hidden`` (M, T, N) bool zeroes the withheld entries first. Yields one
+        ``hidden`` (M, T, N) bool zeroes the withheld entries first (and is passed to a
+        model with ``hidden_flags``). Yields one
         :class:`ModelOutput` per chunk (on the CPU).
         """
         self.check_session(session)
@@ -129,14 +130,17 @@ class TrainedModel:
         region_ids = self.region_ids(session).to(self.device)
         for start in range(0, spikes.shape[0], batch_size):
             chunk = spikes[start : start + batch_size].to(self.device)
+            chunk_hidden = None
             if hidden is not None:
-                chunk = chunk.masked_fill(hidden[start : start + batch_size].to(self.device), 0.0)
+                chunk_hidden = torch.as_tensor(hidden[start : start + batch_size]).to(self.device)
+                chunk = chunk.masked_fill(chunk_hidden, 0.0)
             out = self.model(
                 chunk,
                 session_id=session.session_id,
                 prompt=prompt,
                 causal=causal,
                 region_ids=region_ids,
+                hidden=chunk_hidden,
             )
             yield ModelOutput(
                 log_rates=out.log_rates.float().cpu(), latents=out.latents.float().cpu()

@@ -177,7 +177,9 @@ def predict_task(
     width = model.model.config.width
     rows = batch_size or _rows_per_chunk(num_bins, num_units, width, use_fast)
     scored_bins = np.flatnonzero(plan.scored_bins)
-    chunks = list(_chunks(plan_jobs(plan, counts, skip_silent=fast), rows))
+    # a silent unit's masked copy equals its base copy, unless the model reads hidden flags
+    skip_silent = fast and not getattr(model.model.config, "hidden_flags", False)
+    chunks = list(_chunks(plan_jobs(plan, counts, skip_silent=skip_silent), rows))
     with torch.inference_mode():
         runner = (_FastNDT1 if use_fast else _Generic)(model, session, plan, spikes)
         for segments in tqdm(chunks, desc=plan.task, leave=False, disable=not progress):
@@ -209,13 +211,13 @@ class _Generic:
             )
         )  # (M, N); fmt: skip
         hidden = hidden_units[:, None, :] | self.hidden_bins[None, :, None]  # (M, T, N)
-        inputs = self.spikes[trials].masked_fill_(hidden, 0.0)  # (M, T, N), a new tensor
         (output,) = self.model.forward(
-            inputs,
+            self.spikes[trials],
             self.session,
+            hidden=hidden,
             prompt=self.prompt,
             causal=self.plan.causal,
-            batch_size=inputs.shape[0],
+            batch_size=trials.numel(),
         )
         for s in segments:
             rows = output.log_rates[s.offset : s.offset + s.trials.size]
@@ -224,6 +226,9 @@ class _Generic:
 
 class _FastNDT1:
     """NDT1 with stitchers: read-in by subtraction, read-out of the targets only.
+
+    (With ``hidden_flags``, each hidden unit's flag column is added the same way: to the
+    base's bias for the base's hidden units, and to the job's copies for its own.)
 
     The read-in of each distinct base (a job's hidden units minus its own) is computed
     once for all trials; a job's read-in is that minus its own units' share. Mirrors
@@ -243,6 +248,9 @@ class _FastNDT1:
         self.adapter = net.adapter(session.session_id)
         self.prompt = model.prompt_for(plan.scheme)
         self.read_in_t = self.adapter.read_in.weight.t()  # (N, D_in)
+        # hidden flags: a hidden unit adds its column of hidden_in in every bin
+        flags = self.adapter.hidden_in
+        self.flags_t = None if flags is None else flags.weight.t()  # (N, D_in)
         self.bases: dict[bytes, torch.Tensor] = {}
 
     def _base(self, hidden: np.ndarray) -> torch.Tensor:
@@ -253,9 +261,10 @@ class _FastNDT1:
                 self.bases.clear()
             visible = torch.as_tensor(~hidden, device=self.spikes.device)
             counts = self.spikes if bool(visible.all()) else self.spikes[:, :, visible]
-            flat = torch.addmm(
-                self.adapter.read_in.bias, counts.flatten(0, 1), self.read_in_t[visible]
-            )  # (K*T, D_in)
+            bias = self.adapter.read_in.bias
+            if self.flags_t is not None:
+                bias = bias + self.flags_t[~visible].sum(0)
+            flat = torch.addmm(bias, counts.flatten(0, 1), self.read_in_t[visible])  # (K*T, D_in)
             self.bases[key] = flat.reshape(*self.spikes.shape[:2], -1)
         return self.bases[key]
 
@@ -271,7 +280,10 @@ class _FastNDT1:
         index = torch.as_tensor(own, device=self.spikes.device)
         counts = self.spikes[trials][:, :, index]  # (k, T, n_own)
         share = counts.flatten(0, 1) @ self.read_in_t[index]  # (k*T, D_in)
-        return base - share.reshape(base.shape)
+        stitched = base - share.reshape(base.shape)
+        if self.flags_t is not None:
+            stitched = stitched + self.flags_t[index].sum(0)
+        return stitched
 
     def run(self, segments: list[_Segment]) -> Iterator[tuple[_Segment, torch.Tensor]]:
         """Yield each segment with its (k, T, n_targets) log-rates."""

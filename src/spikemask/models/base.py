@@ -42,6 +42,8 @@ class SessionAdapter(nn.Module):
         session_token: create a learned ``(D,)`` session token.
         stitch_width: when given, create the read-in ``Linear(N_s -> stitch_width)`` and
             read-out ``Linear(D -> N_s)`` (NDT1); when ``None``, no stitchers (NDT2).
+        hidden_flags: with ``stitch_width``, also create ``hidden_in``, a bias-free
+            ``Linear(N_s -> stitch_width)`` reading the 0/1 hidden flags of the entries.
         device: where to create the parameters (to match an existing model).
         dtype: parameter dtype.
     """
@@ -53,6 +55,7 @@ class SessionAdapter(nn.Module):
         num_units: int,
         session_token: bool,
         stitch_width: int | None = None,
+        hidden_flags: bool = False,
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -62,15 +65,19 @@ class SessionAdapter(nn.Module):
         self.session_token = nn.Parameter(torch.empty(width, **factory)) if session_token else None
         self.read_in: nn.Linear | None = None
         self.read_out: nn.Linear | None = None
+        self.hidden_in: nn.Linear | None = None
         self.unit_bias: nn.Parameter | None = None
         if stitch_width is not None:
             self.read_in = nn.Linear(num_units, stitch_width, **factory)
             self.read_out = nn.Linear(width, num_units, **factory)
+            if hidden_flags:
+                self.hidden_in = nn.Linear(num_units, stitch_width, bias=False, **factory)
         else:  # NDT2's read-out is shared: each unit still gets its own log-rate offset
             self.unit_bias = nn.Parameter(torch.zeros(num_units, **factory))
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """(Re)initialise: token ~ N(0, 0.02²), read-out bias ``log(INITIAL_RATE)``."""
+        """(Re)initialise: token ~ N(0, 0.02²), read-out bias ``log(INITIAL_RATE)``,
+        zero read-out and hidden-flag weights."""
         reset_parameters(self, generator)
         if self.session_token is not None:
             nn.init.normal_(self.session_token, std=EMBEDDING_INIT_STD, generator=generator)
@@ -79,6 +86,9 @@ class SessionAdapter(nn.Module):
             # the transformer's random initial states add no noise to the predictions
             nn.init.zeros_(self.read_out.weight)
             nn.init.constant_(self.read_out.bias, math.log(INITIAL_RATE))
+        if self.hidden_in is not None:
+            # a new session starts as if it had no flags; they learn from the first step
+            nn.init.zeros_(self.hidden_in.weight)
         if self.unit_bias is not None:
             nn.init.zeros_(self.unit_bias)
 

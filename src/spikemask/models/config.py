@@ -61,6 +61,10 @@ class ModelConfig:
             probability is rounded to a multiple of 1/32768, see
             :mod:`spikemask.models.dropout`) or ``"torch"`` (torch's dropout). GPUs always
             use torch's. Same model, same weights either way; only the random masks differ.
+        hidden_flags: NDT1 only: the read-in also reads a 0/1 flag per entry, 1 where the
+            entry is hidden by the mask, through its own learned ``Linear(N_s -> D_in)``
+            (no bias, starting at zero). Without it a hidden entry reads as 0, the same as
+            a bin in which the unit did not fire.
     """
 
     architecture: str = "ndt1"
@@ -81,6 +85,7 @@ class ModelConfig:
     max_regions: int = 256
     input_scaling: str = "counts"
     cpu_dropout: str = "bits"
+    hidden_flags: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("architecture", self.architecture, ARCHITECTURES)
@@ -102,11 +107,16 @@ class ModelConfig:
             _check_positive_int("stitch_width", self.stitch_width)
         for name in ("dropout", "embed_dropout"):
             _check_probability(name, getattr(self, name))
-        for name in ("session_token", "prompt_token", "region_embedding"):
+        for name in ("session_token", "prompt_token", "region_embedding", "hidden_flags"):
             if not isinstance(getattr(self, name), bool):
                 raise SpikemaskError(
                     f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}"
                 )
+        if self.hidden_flags and self.architecture != "ndt1":
+            raise SpikemaskError(
+                f"ModelConfig.hidden_flags needs architecture 'ndt1' (its per-session read-in), "
+                f"got {self.architecture!r}"
+            )
         if self.width % self.num_heads != 0:
             raise SpikemaskError(
                 f"ModelConfig.width ({self.width}) must be divisible by num_heads "

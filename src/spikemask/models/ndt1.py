@@ -3,7 +3,9 @@
 Pipeline for spikes ``(B, T, N_s)`` of session ``s``:
 
 1. per-session read-in ``Linear(N_s -> D_in)`` (the "stitcher"); the counts enter as
-   they are (small non-negative integers, masked entries 0), without log or scaling;
+   they are (small non-negative integers, masked entries 0), without log or scaling
+   (``config.input_scaling``); with ``config.hidden_flags`` a second bias-free
+   ``Linear(N_s -> D_in)`` of the 0/1 hidden flags is added;
 2. shared embedding ``Linear(D_in -> D) -> Softsign -> Linear(D -> D)``;
 3. learned absolute time embedding added per bin (or rotary angles inside attention);
 4. optional session token and prompt token prepended, embedding dropout;
@@ -19,6 +21,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from spikemask.errors import SpikemaskError
 from spikemask.models.base import SessionAdapter, SessionModel
 from spikemask.models.config import ModelConfig, ModelOutput, scale_counts
 
@@ -62,6 +65,7 @@ class NDT1(SessionModel):
             num_units=num_units,
             session_token=self.config.session_token,
             stitch_width=self.config.resolved_stitch_width,
+            hidden_flags=self.config.hidden_flags,
             **factory,
         )
 
@@ -73,6 +77,7 @@ class NDT1(SessionModel):
         prompt: int | None = None,
         causal: bool = False,
         region_ids: Tensor | None = None,
+        hidden: Tensor | None = None,
     ) -> ModelOutput:
         """Predict log-rates for every bin and unit.
 
@@ -84,6 +89,8 @@ class NDT1(SessionModel):
             causal: bin ``t`` attends only to bins ``<= t`` (and the special tokens, which
                 themselves see no bins).
             region_ids: ignored (accepted so NDT1 and NDT2 share one interface).
+            hidden: ``(B, T, N)`` bool, True where ``spikes`` was hidden; read by a model
+                with ``config.hidden_flags`` (``None`` = nothing hidden), ignored otherwise.
 
         Returns:
             :class:`ModelOutput` with ``log_rates`` ``(B, T, N)`` and ``latents`` ``(B, T, D)``.
@@ -94,8 +101,16 @@ class NDT1(SessionModel):
         """
         del region_ids  # NDT1 has no region embedding
         adapter = self._checked_adapter(spikes, session_id)
+        stitched = adapter.read_in(scale_counts(spikes, self.config.input_scaling))
+        if adapter.hidden_in is not None and hidden is not None:
+            if hidden.shape != spikes.shape:
+                raise SpikemaskError(
+                    f"hidden has shape {tuple(hidden.shape)}; expected the shape of spikes "
+                    f"{tuple(spikes.shape)}"
+                )
+            stitched = stitched + adapter.hidden_in(hidden.to(stitched.dtype))
         latents = self.encode_stitched(
-            adapter.read_in(scale_counts(spikes, self.config.input_scaling)),
+            stitched,
             session_id=session_id,
             prompt=prompt,
             causal=causal,

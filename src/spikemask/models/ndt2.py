@@ -96,6 +96,7 @@ class NDT2(SessionModel):
         prompt: int | None = None,
         causal: bool = False,
         region_ids: Tensor | None = None,
+        hidden: Tensor | None = None,
     ) -> ModelOutput:
         """Predict log-rates for every bin and unit.
 
@@ -109,6 +110,8 @@ class NDT2(SessionModel):
             region_ids: ``(N,)`` integer region index of each unit in ``[0, max_regions)``,
                 negative = unlabelled. ``None`` (or ``config.region_embedding`` off) means
                 no region embedding.
+            hidden: ignored (NDT2 has no hidden flags; accepted so both models share one
+                interface).
 
         Returns:
             :class:`ModelOutput` with ``log_rates`` ``(B, T, N)`` and ``latents`` ``(B, T, D)``
@@ -118,6 +121,7 @@ class NDT2(SessionModel):
             SpikemaskError: unknown session, wrong shapes / dtypes / unit count, region ids
                 out of range, too many bins for learned positions, or a bad prompt.
         """
+        del hidden  # no flags in NDT2
         adapter = self._checked_adapter(spikes, session_id)
         batch, num_bins, num_units = spikes.shape
         patch_size = self.config.patch_size

@@ -194,6 +194,7 @@ class MtMModule(L.LightningModule):
             prompt=prompt,
             causal=spec.causal,
             region_ids=batch["region_ids"],
+            hidden=spec.hidden,
         )
         return masked_poisson_nll(output.log_rates, batch["spikes"], spec.scored)
 

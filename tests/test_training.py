@@ -195,8 +195,8 @@ def test_finetune_staged_trains_session_layers_first_then_everything(trained_run
     new = make_session(session_id="new", num_units=9, seed=5)
     before = load_file(trained_run / "checkpoints" / "best" / "model.safetensors")
 
-    def tuned(steps: int, name: str) -> dict:
-        config = tiny_config(f"train.max_steps={steps}", "train.weight_decay=0.1")
+    def tuned(steps: int, name: str, *sets: str) -> dict:
+        config = tiny_config(f"train.max_steps={steps}", "train.weight_decay=0.1", *sets)
         result = finetune(trained_run, [new], tmp_path / name, config=config)  # the default
         assert json.loads((result.run_dir / "run.json").read_text())["mode"] == "staged"
         return load_checkpoint(result.run_dir / "checkpoints" / "last").model.state_dict()
@@ -210,6 +210,13 @@ def test_finetune_staged_trains_session_layers_first_then_everything(trained_run
     # later steps train everything
     later = tuned(8, "eight")
     assert any(not torch.equal(before[k], later[k]) for k in before)
+    # train.staged_fraction sets the frozen share: at 0.9 all 8 steps (progress <= 7/8)
+    # leave the shared weights alone
+    frozen = tuned(8, "eight-frozen", "train.staged_fraction=0.9")
+    assert all(torch.equal(before[k], frozen[k]) for k in before)
+    assert any(not torch.equal(first[k], frozen[k]) for k in fresh)
+    with pytest.raises(SpikemaskError, match=r"train.staged_fraction=1.0; expected a value in"):
+        tiny_config("train.staged_fraction=1")
 
 
 def test_finetune_shared_lr_scale_slows_only_the_pretrained_weights(trained_run, tmp_path):

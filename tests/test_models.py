@@ -502,7 +502,15 @@ def test_hidden_flags_tell_a_hidden_unit_from_a_silent_one():
     flagged = model(masked, session_id="sess-a", prompt=0, hidden=hidden).log_rates
     assert not torch.allclose(flagged, plain, atol=1e-4)
     # and the flag is exactly the column of hidden_in added to the read-in
-    stitched = adapter.read_in(masked) + adapter.hidden_in.weight[:, 3]
+    stitched = adapter.read_in(masked) + adapter.hidden_in.weight[:, 3]  # 1 hidden: mean = it
+    expected = adapter.read_out(model.encode_stitched(stitched, session_id="sess-a", prompt=0))
+    torch.testing.assert_close(flagged, expected)
+    # several hidden: the mean of their columns, per bin
+    hidden[:, 2, :5] = True
+    flagged = model(masked, session_id="sess-a", prompt=0, hidden=hidden).log_rates
+    columns = adapter.hidden_in.weight.t()  # (N, D_in)
+    stitched = adapter.read_in(masked) + columns[3]
+    stitched[:, 2] += columns[:5].mean(0) - columns[3]
     expected = adapter.read_out(model.encode_stitched(stitched, session_id="sess-a", prompt=0))
     torch.testing.assert_close(flagged, expected)
     with pytest.raises(SpikemaskError, match="hidden has shape"):

@@ -227,8 +227,8 @@ class _Generic:
 class _FastNDT1:
     """NDT1 with stitchers: read-in by subtraction, read-out of the targets only.
 
-    (With ``hidden_flags``, each hidden unit's flag column is added the same way: to the
-    base's bias for the base's hidden units, and to the job's copies for its own.)
+    (With ``hidden_flags``, the mean flag column of the job's hidden units, the same in
+    every bin, is added to the job's copies.)
 
     The read-in of each distinct base (a job's hidden units minus its own) is computed
     once for all trials; a job's read-in is that minus its own units' share. Mirrors
@@ -261,10 +261,9 @@ class _FastNDT1:
                 self.bases.clear()
             visible = torch.as_tensor(~hidden, device=self.spikes.device)
             counts = self.spikes if bool(visible.all()) else self.spikes[:, :, visible]
-            bias = self.adapter.read_in.bias
-            if self.flags_t is not None:
-                bias = bias + self.flags_t[~visible].sum(0)
-            flat = torch.addmm(bias, counts.flatten(0, 1), self.read_in_t[visible])  # (K*T, D_in)
+            flat = torch.addmm(
+                self.adapter.read_in.bias, counts.flatten(0, 1), self.read_in_t[visible]
+            )  # (K*T, D_in)
             self.bases[key] = flat.reshape(*self.spikes.shape[:2], -1)
         return self.bases[key]
 
@@ -274,15 +273,16 @@ class _FastNDT1:
         base_hidden = segment.job.hidden.copy()
         base_hidden[own] = False
         trials = torch.as_tensor(segment.trials, device=self.spikes.device)
-        base = self._base(base_hidden)[trials]  # (k, T, D_in)
-        if own.size == 0:
-            return base
-        index = torch.as_tensor(own, device=self.spikes.device)
-        counts = self.spikes[trials][:, :, index]  # (k, T, n_own)
-        share = counts.flatten(0, 1) @ self.read_in_t[index]  # (k*T, D_in)
-        stitched = base - share.reshape(base.shape)
-        if self.flags_t is not None:
-            stitched = stitched + self.flags_t[index].sum(0)
+        stitched = self._base(base_hidden)[trials]  # (k, T, D_in)
+        if own.size:
+            index = torch.as_tensor(own, device=self.spikes.device)
+            counts = self.spikes[trials][:, :, index]  # (k, T, n_own)
+            share = counts.flatten(0, 1) @ self.read_in_t[index]  # (k*T, D_in)
+            stitched = stitched - share.reshape(stitched.shape)
+        if self.flags_t is not None and segment.job.hidden.any():
+            # the same hidden units in every bin: one mean column for all rows
+            hidden = torch.as_tensor(segment.job.hidden, device=self.spikes.device)
+            stitched = stitched + self.flags_t[hidden].mean(0)
         return stitched
 
     def run(self, segments: list[_Segment]) -> Iterator[tuple[_Segment, torch.Tensor]]:

@@ -61,10 +61,10 @@ class ModelConfig:
             probability is rounded to a multiple of 1/32768, see
             :mod:`spikemask.models.dropout`) or ``"torch"`` (torch's dropout). GPUs always
             use torch's. Same model, same weights either way; only the random masks differ.
-        hidden_flags: NDT1 only: the read-in also reads a 0/1 flag per entry, 1 where the
-            entry is hidden by the mask, through its own learned ``Linear(N_s -> D_in)``
-            (no bias, starting at zero). Without it a hidden entry reads as 0, the same as
-            a bin in which the unit did not fire.
+        hidden_flags: NDT1 only: the read-in also learns which entries are hidden. Each
+            unit has a learned ``(D_in,)`` mask column (starting at zero); in each bin the
+            mean of the hidden units' columns is added to the read-in. Without it a hidden
+            entry reads as 0, the same as a bin in which the unit did not fire.
     """
 
     architecture: str = "ndt1"

@@ -4,8 +4,8 @@ Pipeline for spikes ``(B, T, N_s)`` of session ``s``:
 
 1. per-session read-in ``Linear(N_s -> D_in)`` (the "stitcher"); the counts enter as
    they are (small non-negative integers, masked entries 0), without log or scaling
-   (``config.input_scaling``); with ``config.hidden_flags`` a second bias-free
-   ``Linear(N_s -> D_in)`` of the 0/1 hidden flags is added;
+   (``config.input_scaling``); with ``config.hidden_flags`` the mean of the hidden
+   units' columns of a second bias-free ``Linear(N_s -> D_in)`` is added in each bin;
 2. shared embedding ``Linear(D_in -> D) -> Softsign -> Linear(D -> D)``;
 3. learned absolute time embedding added per bin (or rotary angles inside attention);
 4. optional session token and prompt token prepended, embedding dropout;
@@ -108,7 +108,10 @@ class NDT1(SessionModel):
                     f"hidden has shape {tuple(hidden.shape)}; expected the shape of spikes "
                     f"{tuple(spikes.shape)}"
                 )
-            stitched = stitched + adapter.hidden_in(hidden.to(stitched.dtype))
+            flags = hidden.to(stitched.dtype)
+            # the mean of the hidden units' columns: a bounded term however many are hidden
+            per_bin = flags.sum(-1, keepdim=True).clamp_min(1.0)  # (B, T, 1)
+            stitched = stitched + adapter.hidden_in(flags) / per_bin
         latents = self.encode_stitched(
             stitched,
             session_id=session_id,

@@ -247,6 +247,11 @@ def test_finetune_shared_lr_scale_slows_only_the_pretrained_weights(trained_run,
     new_layers = len(list(tiny.parameters()))
     assert groups_full == [(len(before) + new_layers, lr)]  # one learning rate for all
     assert groups_slow == [(new_layers, lr), (len(before), lr * 0.01)]
+    # the default: the pre-trained weights learn at twice the rate of the new layers
+    assert tiny_config().train.shared_lr_scale == 2.0
+    shared_fast, groups_fast = moved(2.0)
+    assert shared_fast > shared_full  # and move further than at one rate
+    assert groups_fast == [(new_layers, lr), (len(before), lr * 2.0)]
     # AdamW's step is ~lr whatever the gradient: the shared weights move ~100x less
     assert 0 < shared_slow < shared_full / 20
     with pytest.raises(SpikemaskError, match="shared_lr_scale"):

@@ -90,7 +90,10 @@ class TrainConfig:
         warmup_fraction: Fraction of the schedule spent warming up.
         shared_lr_scale: Fine-tuning only: the pre-trained (shared) weights learn at
             ``lr * shared_lr_scale`` while the new sessions' layers learn at ``lr``
-            (1 = one learning rate for all; training from scratch ignores it).
+            (training from scratch ignores it). Default 2: on the validation splits of the
+            11 shared sessions, each held out with its animal, staged fine-tuning at 2 was
+            ahead of 1 on co-smoothing and inter-region prediction and level on forward
+            and intra-region prediction (BENCHMARKS.md section 7); 0.3 and 0.1 were worse.
         finetune_shrink: Fine-tuning only: start each pre-trained weight at
             ``finetune_shrink * pre-trained + (1 - finetune_shrink) * fresh`` where
             ``fresh`` is a new initialisation seeded by ``seed`` ("shrink and perturb");
@@ -130,7 +133,7 @@ class TrainConfig:
     readout_l2: float = 0.01
     ema_decay: float = 0.0
     warmup_fraction: float = 0.15
-    shared_lr_scale: float = 1.0
+    shared_lr_scale: float = 2.0
     finetune_shrink: float = 1.0
     staged_fraction: float = 0.25
     gradient_clip: float = 1.0

@@ -99,7 +99,8 @@ def finetune(
             layers and session tokens for the first ``config.train.staged_fraction`` of
             the budget (default a quarter), then every weight; ``full`` trains every
             weight from the start (the pre-trained ones at
-            ``train.lr * train.shared_lr_scale``, by default the same rate);
+            ``train.lr * train.shared_lr_scale``, by default twice the rate; in
+            ``staged`` mode too once they learn);
             ``session`` trains only the new sessions' layers (fast, the shared model
             frozen). Staged was ahead of full on the validation splits of all 11 shared
             sessions, each held out with its animal (BENCHMARKS.md §7).

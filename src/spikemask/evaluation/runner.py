@@ -178,7 +178,7 @@ def predict_task(
     rows = batch_size or _rows_per_chunk(num_bins, num_units, width, use_fast)
     scored_bins = np.flatnonzero(plan.scored_bins)
     # a silent unit's masked copy equals its base copy, unless the model reads hidden flags
-    skip_silent = fast and not getattr(model.model.config, "hidden_flags", False)
+    skip_silent = fast and not model.model.config.hidden_flags
     chunks = list(_chunks(plan_jobs(plan, counts, skip_silent=skip_silent), rows))
     with torch.inference_mode():
         runner = (_FastNDT1 if use_fast else _Generic)(model, session, plan, spikes)
@@ -248,7 +248,7 @@ class _FastNDT1:
         self.adapter = net.adapter(session.session_id)
         self.prompt = model.prompt_for(plan.scheme)
         self.read_in_t = self.adapter.read_in.weight.t()  # (N, D_in)
-        # hidden flags: a hidden unit adds its column of hidden_in in every bin
+        # hidden flags: the mean of the hidden units' columns of hidden_in, in every bin
         flags = self.adapter.hidden_in
         self.flags_t = None if flags is None else flags.weight.t()  # (N, D_in)
         self.bases: dict[bytes, torch.Tensor] = {}

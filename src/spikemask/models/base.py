@@ -43,7 +43,8 @@ class SessionAdapter(nn.Module):
         stitch_width: when given, create the read-in ``Linear(N_s -> stitch_width)`` and
             read-out ``Linear(D -> N_s)`` (NDT1); when ``None``, no stitchers (NDT2).
         hidden_flags: with ``stitch_width``, also create ``hidden_in``, a bias-free
-            ``Linear(N_s -> stitch_width)`` reading the 0/1 hidden flags of the entries.
+            ``Linear(N_s -> stitch_width)`` whose columns are the units' mask vectors
+            (NDT1 adds the mean over each bin's hidden units).
         device: where to create the parameters (to match an existing model).
         dtype: parameter dtype.
     """

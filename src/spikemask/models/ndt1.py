@@ -2,10 +2,10 @@
 
 Pipeline for spikes ``(B, T, N_s)`` of session ``s``:
 
-1. per-session read-in ``Linear(N_s -> D_in)`` (the "stitcher"); the counts enter as
-   they are (small non-negative integers, masked entries 0), without log or scaling
-   (``config.input_scaling``); with ``config.hidden_flags`` the mean of the hidden
-   units' columns of a second bias-free ``Linear(N_s -> D_in)`` is added in each bin;
+1. per-session read-in ``Linear(N_s -> D_in)`` (the "stitcher") of the counts (as they
+   are by default, else as ``config.input_scaling`` says; masked entries 0); with
+   ``config.hidden_flags`` the mean of the hidden units' columns of a second bias-free
+   ``Linear(N_s -> D_in)`` is added in each bin;
 2. shared embedding ``Linear(D_in -> D) -> Softsign -> Linear(D -> D)``;
 3. learned absolute time embedding added per bin (or rotary angles inside attention);
 4. optional session token and prompt token prepended, embedding dropout;

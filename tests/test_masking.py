@@ -257,6 +257,28 @@ def test_mixture_default_is_mtm_plus_temporal_and_sample_is_seeded() -> None:
     assert first.scheme == again.scheme and torch.equal(first.hidden, again.hidden)
 
 
+def test_default_weights_draw_neuron_masking_twice_as_often() -> None:
+    from spikemask.config import apply_overrides, load_config
+
+    default = MaskingConfig()
+    assert default.weights is None  # resolved when drawn, so a new scheme list needs no weights
+    assert default.resolved_weights == (2.0, 1.0, 1.0, 1.0, 1.0)
+    assert default.schemes[0] == "neuron"
+    generator = gen()
+    mixture = MaskingMixture(default)
+    draws = [mixture.draw_scheme(generator=generator) for _ in range(3000)]
+    assert abs(draws.count("neuron") / 3000 - 2 / 6) < 0.04  # ~4.6 standard errors
+    assert abs(draws.count("causal") / 3000 - 1 / 6) < 0.03
+    # the paper's set keeps its even draw; given weights win
+    assert MaskingConfig.preset("mtm").resolved_weights == (1.0, 1.0, 1.0, 1.0)
+    assert MaskingConfig(weights=(1, 1, 1, 1, 3)).resolved_weights == (1.0, 1.0, 1.0, 1.0, 3.0)
+    # a YAML / --set override of the schemes alone resolves against the new list
+    override = {"masking": {"schemes": ["causal", "neuron"]}}
+    config = apply_overrides(load_config(), override, where="test")
+    assert config.masking.resolved_weights == (1.0, 2.0)
+    assert load_config().to_dict()["masking"]["weights"] is None
+
+
 def test_config_from_yaml_lists_and_ratio_merge() -> None:
     config = MaskingConfig(
         schemes=["neuron", "random-token"], weights=[1, 3], ratios={"neuron": 0.5}

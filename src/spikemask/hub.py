@@ -199,7 +199,7 @@ def model_card(
         tags=["neuroscience", "spiking-data", "masked-modelling", "spikemask"],
     )
     config = checkpoint.config.to_dict()
-    model, masking = config.get("model", {}), config.get("masking", {})
+    model = config.get("model", {})
     sessions = "\n".join(
         f"| `{s.session_id}` | {s.num_units} | {len(set(s.unit_regions))} |"
         for s in checkpoint.sessions.values()
@@ -209,7 +209,7 @@ def model_card(
         "",
         f"A spikemask {model.get('architecture', '?')} model (width {model.get('width')}, "
         f"{model.get('num_layers')} layers) trained with masking schemes "
-        f"{', '.join(masking.get('schemes', []))}: multi-task masking (MtM) of Zhang et al., "
+        f"{_mixture(checkpoint.config.masking)}: multi-task masking (MtM) of Zhang et al., "
         "NeurIPS 2024 ([arXiv:2407.14668](https://arxiv.org/abs/2407.14668)).",
         "",
         "```python",
@@ -239,6 +239,16 @@ def model_card(
         "(e.g. Steinmetz et al. 2019, CC BY 4.0, doi:10.6084/m9.figshare.9598406).",
     ]
     return hub.ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n").content
+
+
+def _mixture(masking: Any) -> str:
+    """``neuron (weight 2), causal (1), ...``, or the one scheme's name."""
+    schemes, weights = masking.schemes, masking.resolved_weights
+    if len(schemes) == 1:
+        return schemes[0]
+    parts = [f"{s} ({w:g})" for s, w in zip(schemes, weights, strict=True)]
+    parts[0] = f"{schemes[0]} (weight {weights[0]:g})"
+    return ", ".join(parts)
 
 
 def _metric_lines(state: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> list[str]:

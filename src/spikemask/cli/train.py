@@ -75,7 +75,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "--masking",
         choices=MASKING_CHOICES,
         help="masking scheme(s) to train with (default: mtm-temporal, the paper's MtM "
-        "mixture plus temporal masking)",
+        "mixture plus temporal masking, neuron masking drawn twice as often as each other "
+        "scheme; mtm: the paper's four, drawn evenly)",
     )
     p.add_argument("--model", choices=("ndt1", "ndt2"), help="architecture (default ndt1)")
     _add_budget_flags(p)

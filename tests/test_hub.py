@@ -133,6 +133,8 @@ def test_push_then_load_gives_the_same_predictions(local_hub, run_dir, tmp_path)
     assert "`tiny` | 11 | 3 |" in card.text  # training session, units, regions
     assert "| co_smoothing | bps | 0.1234 |" in card.text
     assert '"architecture": "ndt1"' in card.text
+    # the default mixture with its resolved weights (the config records weights: null)
+    assert "neuron (weight 2), causal (1), inter-region (1), intra-region (1)" in card.text
     record = json.loads((folder / "run.json").read_text())
     assert record["sessions"] == ["tiny"] and "/" not in "".join(record["sources"])
 

@@ -14,6 +14,8 @@ def test_presets():
     assert paper.model.mlp_width == 1024 and paper.model.dropout == 0.4
     assert paper.train.lr == 1e-4 and paper.train.weight_decay == 0.01
     assert small.model.width < paper.model.width
+    # the default weight decay (chosen on validation splits); the paper preset keeps 0.01
+    assert small.train.weight_decay == 0.1
     with pytest.raises(SpikemaskError, match="unknown preset 'huge'"):
         run_preset("huge")
 

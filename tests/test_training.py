@@ -258,6 +258,50 @@ def test_finetune_shared_lr_scale_slows_only_the_pretrained_weights(trained_run,
         tiny_config("train.shared_lr_scale=0")
 
 
+def test_weight_decay_scope_leaves_biases_and_gains_undecayed(trained_run, tmp_path):
+    from lightning.pytorch.callbacks import Callback
+
+    class Groups(Callback):
+        def on_train_start(self, trainer, pl_module):
+            names = {id(p): n for n, p in pl_module.named_parameters()}
+            groups = trainer.optimizers[0].param_groups
+            self.found = [
+                (g["initial_lr"], g["weight_decay"], sorted(names[id(p)] for p in g["params"]))
+                for g in groups
+            ]
+
+    def groups(scope: str, *, pretrained=None) -> list:
+        config = tiny_config(
+            "train.max_steps=2", "train.weight_decay=0.3", f"train.weight_decay_scope={scope}"
+        )
+        seen = Groups()
+        run = tmp_path / f"{scope}-{pretrained is not None}"
+        if pretrained is None:
+            train([make_session()], run, config=config, callbacks=[seen])
+        else:
+            new = make_session(session_id="new", num_units=9, seed=5)
+            finetune(pretrained, [new], run, mode="full", config=config, callbacks=[seen])
+        return seen.found
+
+    assert tiny_config().train.weight_decay_scope == "all"
+    ((lr, decay, names),) = groups("all")  # one group, every parameter decayed
+    assert decay == 0.3 and any("bias" in n for n in names)
+    found = groups("matrices")
+    assert [g[1] for g in found] == [0.3, 0.0]
+    assert any("read_out.weight" in n for n in found[0][2])
+    assert all("bias" not in n and "norm" not in n for n in found[0][2])
+    assert any("read_out.bias" in n for n in found[1][2])
+    assert any("norm" in n for n in found[1][2])
+    # fine-tuning keeps its two learning rates, each split by decay
+    lr = tiny_config().train.lr
+    tuned = groups("matrices", pretrained=trained_run)
+    assert [(g[0], g[1]) for g in tuned] == [(lr, 0.3), (lr, 0.0), (2 * lr, 0.3), (2 * lr, 0.0)]
+    # the new session's layers (the pre-trained model has one session, adapter 0)
+    assert all("session_adapters.1." in n for g in tuned[:2] for n in g[2])
+    with pytest.raises(SpikemaskError, match=r"weight_decay_scope='biases'; expected one of"):
+        tiny_config("train.weight_decay_scope=biases")
+
+
 def test_finetune_shrink_mixes_pretrained_and_fresh_weights(trained_run):
     from spikemask.training.finetune import add_sessions, shrink_towards_fresh
 

@@ -309,6 +309,8 @@ class MtMModule(L.LightningModule):
                 for group, lr in ((new, cfg.lr), (shared, cfg.lr * cfg.shared_lr_scale))
                 if group
             ]
+        if cfg.weight_decay_scope == "matrices":
+            groups = decay_groups(groups, cfg.weight_decay)
         optimizer = adamw(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, precision=precision)
         total = self.trainer.estimated_stepping_batches
         budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
@@ -317,6 +319,19 @@ class MtMModule(L.LightningModule):
             optimizer, lambda step: one_cycle_factor(progress(step), cfg.warmup_fraction)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def decay_groups(params: list[nn.Parameter] | list[dict], weight_decay: float) -> list[dict]:
+    """Parameter groups with ``weight_decay`` on matrices (two or more dimensions) and none
+    on vectors (biases, normalisation gains); other group settings (``lr``) are kept."""
+    grouped = params if params and isinstance(params[0], dict) else [{"params": params}]
+    out = []
+    for group in grouped:
+        for decay in (True, False):
+            chosen = [p for p in group["params"] if (p.ndim >= 2) == decay]
+            if chosen:
+                out.append({**group, "params": chosen, "weight_decay": weight_decay * decay})
+    return out
 
 
 def use_fused_adamw(params: list[nn.Parameter], precision: str) -> bool:

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from spikemask.api import load_run
-from spikemask.config import load_config
+from spikemask.config import load_config, run_preset
 from spikemask.errors import SpikemaskError
 from spikemask.training.checkpoint import load_checkpoint
 from spikemask.training.finetune import finetune
@@ -300,6 +300,40 @@ def test_weight_decay_scope_leaves_biases_and_gains_undecayed(trained_run, tmp_p
     assert all("session_adapters.1." in n for g in tuned[:2] for n in g[2])
     with pytest.raises(SpikemaskError, match=r"weight_decay_scope='biases'; expected one of"):
         tiny_config("train.weight_decay_scope=biases")
+
+
+def test_finetune_weight_decay_applies_to_finetuning_only(trained_run, tmp_path):
+    from lightning.pytorch.callbacks import Callback
+
+    class Decays(Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.found = sorted({g["weight_decay"] for g in trainer.optimizers[0].param_groups})
+
+    def decays(*sets: str, pretrained=None) -> list[float]:
+        config = tiny_config("train.max_steps=2", "train.weight_decay=0.05", *sets)
+        seen = Decays()
+        run = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
+        if pretrained is None:
+            train([make_session()], run, config=config, callbacks=[seen])
+        else:
+            new = make_session(session_id="new", num_units=9, seed=5)
+            finetune(pretrained, [new], run, mode="full", config=config, callbacks=[seen])
+        return seen.found
+
+    assert tiny_config().train.finetune_weight_decay == 0.3
+    assert run_preset("paper").train.finetune_weight_decay is None  # the paper's 0.01 throughout
+    # training (from scratch or pre-training) keeps train.weight_decay
+    assert decays() == [0.05]
+    # fine-tuning uses its own, for the new layers and the pre-trained ones alike
+    assert decays(pretrained=trained_run) == [0.3]
+    assert decays("train.finetune_weight_decay=0.2", pretrained=trained_run) == [0.2]
+    # None: fine-tuning falls back to train.weight_decay
+    assert decays("train.finetune_weight_decay=null", pretrained=trained_run) == [0.05]
+    # with matrices only, the undecayed groups stay at 0
+    found = decays("train.weight_decay_scope=matrices", pretrained=trained_run)
+    assert found == [0.0, 0.3]
+    with pytest.raises(SpikemaskError, match=r"finetune_weight_decay.*must be >= 0"):
+        tiny_config("train.finetune_weight_decay=-0.1")
 
 
 def test_finetune_shrink_mixes_pretrained_and_fresh_weights(trained_run):

@@ -309,9 +309,12 @@ class MtMModule(L.LightningModule):
                 for group, lr in ((new, cfg.lr), (shared, cfg.lr * cfg.shared_lr_scale))
                 if group
             ]
+        decay = cfg.weight_decay
+        if self._new_params is not None and cfg.finetune_weight_decay is not None:
+            decay = cfg.finetune_weight_decay  # fine-tuning has its own
         if cfg.weight_decay_scope == "matrices":
-            groups = decay_groups(groups, cfg.weight_decay)
-        optimizer = adamw(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, precision=precision)
+            groups = decay_groups(groups, decay)
+        optimizer = adamw(groups, lr=cfg.lr, weight_decay=decay, precision=precision)
         total = self.trainer.estimated_stepping_batches
         budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
         progress = schedule_progress(total_steps=total, budget_s=budget_s)

@@ -258,30 +258,35 @@ def test_finetune_shared_lr_scale_slows_only_the_pretrained_weights(trained_run,
         tiny_config("train.shared_lr_scale=0")
 
 
-def test_weight_decay_scope_leaves_biases_and_gains_undecayed(trained_run, tmp_path):
+def _optimizer_groups(run, *sets: str, pretrained=None) -> list[tuple[float, float, list]]:
+    """(initial lr, weight decay, sorted parameter names) of each optimiser group of a
+    2-step training (``pretrained=None``) or full fine-tuning of ``pretrained``."""
     from lightning.pytorch.callbacks import Callback
 
     class Groups(Callback):
         def on_train_start(self, trainer, pl_module):
             names = {id(p): n for n, p in pl_module.named_parameters()}
-            groups = trainer.optimizers[0].param_groups
             self.found = [
                 (g["initial_lr"], g["weight_decay"], sorted(names[id(p)] for p in g["params"]))
-                for g in groups
+                for g in trainer.optimizers[0].param_groups
             ]
 
+    config = tiny_config("train.max_steps=2", *sets)
+    seen = Groups()
+    if pretrained is None:
+        train([make_session()], run, config=config, callbacks=[seen])
+    else:
+        new = make_session(session_id="new", num_units=9, seed=5)
+        finetune(pretrained, [new], run, mode="full", config=config, callbacks=[seen])
+    return seen.found
+
+
+def test_weight_decay_scope_leaves_biases_and_gains_undecayed(trained_run, tmp_path):
     def groups(scope: str, *, pretrained=None) -> list:
-        config = tiny_config(
-            "train.max_steps=2", "train.weight_decay=0.3", f"train.weight_decay_scope={scope}"
-        )
-        seen = Groups()
         run = tmp_path / f"{scope}-{pretrained is not None}"
-        if pretrained is None:
-            train([make_session()], run, config=config, callbacks=[seen])
-        else:
-            new = make_session(session_id="new", num_units=9, seed=5)
-            finetune(pretrained, [new], run, mode="full", config=config, callbacks=[seen])
-        return seen.found
+        sets = ("train.weight_decay=0.3", "train.finetune_weight_decay=null")
+        scoped = f"train.weight_decay_scope={scope}"
+        return _optimizer_groups(run, *sets, scoped, pretrained=pretrained)
 
     assert tiny_config().train.weight_decay_scope == "all"
     ((lr, decay, names),) = groups("all")  # one group, every parameter decayed
@@ -303,22 +308,10 @@ def test_weight_decay_scope_leaves_biases_and_gains_undecayed(trained_run, tmp_p
 
 
 def test_finetune_weight_decay_applies_to_finetuning_only(trained_run, tmp_path):
-    from lightning.pytorch.callbacks import Callback
-
-    class Decays(Callback):
-        def on_train_start(self, trainer, pl_module):
-            self.found = sorted({g["weight_decay"] for g in trainer.optimizers[0].param_groups})
-
     def decays(*sets: str, pretrained=None) -> list[float]:
-        config = tiny_config("train.max_steps=2", "train.weight_decay=0.05", *sets)
-        seen = Decays()
         run = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
-        if pretrained is None:
-            train([make_session()], run, config=config, callbacks=[seen])
-        else:
-            new = make_session(session_id="new", num_units=9, seed=5)
-            finetune(pretrained, [new], run, mode="full", config=config, callbacks=[seen])
-        return seen.found
+        found = _optimizer_groups(run, "train.weight_decay=0.05", *sets, pretrained=pretrained)
+        return sorted({decay for _, decay, _ in found})
 
     assert tiny_config().train.finetune_weight_decay == 0.3
     assert run_preset("paper").train.finetune_weight_decay is None  # the paper's 0.01 throughout
@@ -332,7 +325,7 @@ def test_finetune_weight_decay_applies_to_finetuning_only(trained_run, tmp_path)
     # with matrices only, the undecayed groups stay at 0
     found = decays("train.weight_decay_scope=matrices", pretrained=trained_run)
     assert found == [0.0, 0.3]
-    with pytest.raises(SpikemaskError, match=r"finetune_weight_decay.*must be >= 0"):
+    with pytest.raises(SpikemaskError, match=r"finetune_weight_decay=-0.1; expected a value >= 0"):
         tiny_config("train.finetune_weight_decay=-0.1")
 
 

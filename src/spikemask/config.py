@@ -195,12 +195,8 @@ class TrainConfig:
             if not 0 <= value <= 1 or (top_open and value == 1):
                 bound = ")" if top_open else "]"
                 raise SpikemaskError(f"train.{name}={value}; expected a value in [0, 1{bound}")
-        finetune_decay = self.finetune_weight_decay or 0.0
-        if min(self.weight_decay, finetune_decay, self.gradient_clip, self.readout_l2) < 0:
-            raise SpikemaskError(
-                "train.weight_decay, train.finetune_weight_decay, train.readout_l2 and "
-                "train.gradient_clip must be >= 0"
-            )
+        for name in ("weight_decay", "finetune_weight_decay", "readout_l2", "gradient_clip"):
+            _check_non_negative(f"train.{name}", getattr(self, name))
         _check_choice("train.precision", str(self.precision), PRECISIONS)
         _check_choice("train.weight_decay_scope", str(self.weight_decay_scope), DECAY_SCOPES)
         _check_positive("train.num_nodes", self.num_nodes)
@@ -372,6 +368,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:  # noqa: C901 - one branc
 def _check_positive(name: str, value: float) -> None:
     if isinstance(value, bool) or not value > 0:
         raise SpikemaskError(f"{name}={value!r}; expected a positive number")
+
+
+def _check_non_negative(name: str, value: float | None) -> None:
+    """``None`` passes (a key whose null means "use another setting")."""
+    if value is not None and value < 0:
+        raise SpikemaskError(f"{name}={value!r}; expected a value >= 0")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

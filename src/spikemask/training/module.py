@@ -66,7 +66,8 @@ class MtMModule(L.LightningModule):
         train: Optimisation settings.
         trainable: Parameters to optimise (default: all); used by session-only fine-tuning.
         new_params: Layers of sessions new to a pre-trained model (fine-tuning): they learn
-            at ``train.lr``, every other parameter at ``train.lr * train.shared_lr_scale``.
+            at ``train.lr``, every other parameter at ``train.lr * train.shared_lr_scale``;
+            given, every parameter decays at ``train.finetune_weight_decay`` (unless null).
     """
 
     def __init__(

@@ -68,6 +68,34 @@ def test_quality_benchmark_runs_every_model_on_every_held_out_session(tmp_path) 
     assert notes == ["s2 (bob): not finished, left out: MtM pre-trained"]
 
 
+def test_quality_benchmark_epoch_budget_grows_with_the_session(tmp_path) -> None:
+    """--epochs: each from-scratch model and fine-tuning makes that many passes."""
+    sessions = _sessions()
+    config = QualityConfig(
+        epochs=2, pretrain_steps=3, sets=(*TINY_MODEL, "data.batch_size=4"), tasks=("co-smoothing",)
+    )
+    run_quality_benchmark(
+        sessions,
+        tmp_path,
+        replace(config, held_out=("bob",), parts=("pretrain", "mtm", "finetune")),
+    )
+    pre = json.loads(
+        (tmp_path / "runs" / "bob" / "pretrain-mtm" / "bench-finished.json").read_text()
+    )
+    assert pre["steps"] == 3  # pre-training keeps its step budget
+    batches = -(-sessions[2].split("train").num_trials // 4)
+    for run in ("mtm-scratch", "mtm-finetuned"):
+        folder = tmp_path / "runs" / "bob" / "s2" / run
+        finished = json.loads((folder / "bench-finished.json").read_text())
+        assert finished["steps"] == 2 * batches
+        train = yaml.safe_load((folder / "config.yaml").read_text())["train"]
+        assert (train["max_epochs"], train["max_steps"]) == (2, None)
+    assert config.budget() == ("train.max_epochs=2", "train.max_steps=null")
+    assert replace(config, epochs=None, steps=7).budget()[0] == "train.max_steps=7"
+    with pytest.raises(SpikemaskError, match="epochs=0; expected a positive integer"):
+        replace(config, epochs=0)
+
+
 def test_quality_benchmark_refuses_bad_groups(tmp_path) -> None:
     sessions = _sessions()
     with pytest.raises(SpikemaskError, match="at least two groups"):
@@ -88,6 +116,12 @@ def test_bench_quality_cli_checks_its_flags(tmp_path, capsys) -> None:
         ["bench", "quality", str(tmp_path), "--out", str(tmp_path / "o"), "--set", "model.nope=1"]
     )
     assert code == 2 and "unknown key 'nope'" in capsys.readouterr().err
+    argv = ["bench", "quality", str(tmp_path), "--out", str(tmp_path / "o"), "--epochs", "0"]
+    assert main(argv) == 2
+    assert "--epochs 0; expected a positive number of passes" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # argparse: one budget or the other
+        main([*argv[:-1], "3", "--steps", "5"])
+    assert info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
     code = main(["bench", "quality", str(tmp_path), "--out", str(tmp_path), "--seed", "1", "1"])
     assert code == 2 and "--seed 1 1; expected different seeds" in capsys.readouterr().err
 

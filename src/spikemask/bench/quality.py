@@ -8,7 +8,7 @@ out in turn, it trains and evaluates on each held-out session:
 (b) ``temporal scratch``: the same with temporal masking;
 (c) ``MtM pre-trained``: MtM pre-trained on every session of the *other* groups
     (session-balanced batches), then fine-tuned on the held-out session with the same
-    step budget as (a);
+    budget as (a) (``steps``, or ``epochs`` over the session's training trials);
 (d) ``linear``: the reference linear baseline;
 (e) ``oracle``, on synthetic sessions whose ground truth is given (``truth``): the true
     rates' co-smoothing bits per spike, the ceiling that the others are a share of.
@@ -58,9 +58,9 @@ MTM = "mtm-temporal"
 DEFAULT_TASKS = ("co-smoothing", "forward-prediction", "inter-region", "intra-region", "choice")
 #: Settings the benchmark makes itself (``--set`` may not change them), and the option to use.
 OWN_SETTINGS = {
-    "train.max_steps": "--steps / --pretrain-steps",
-    "train.max_epochs": "--steps / --pretrain-steps",
-    "train.max_minutes": "--steps / --pretrain-steps",
+    "train.max_steps": "--steps / --epochs / --pretrain-steps",
+    "train.max_epochs": "--steps / --epochs / --pretrain-steps",
+    "train.max_minutes": "--steps / --epochs / --pretrain-steps",
     "train.seed": "--seed",
     "masking.schemes": "nothing (MtM and temporal masking are what it compares)",
     "data.session_sampling": "nothing (pre-training samples sessions evenly)",
@@ -72,7 +72,11 @@ class QualityConfig:
     """Budgets and settings of the quality benchmark.
 
     Attributes:
-        steps: Optimiser steps of each from-scratch model and of each fine-tuning.
+        steps: Optimiser steps of each from-scratch model and of each fine-tuning (used
+            when ``epochs`` is ``None``).
+        epochs: Passes over the held-out session's training trials of each from-scratch
+            model and of each fine-tuning, instead of ``steps`` (``None`` = use ``steps``).
+            A budget in passes grows with the session, as ``spikemask train``'s does.
         pretrain_steps: Optimiser steps of each pre-training (on the other groups).
         held_out_by: Session metadata key that groups sessions (``subject`` = animal).
         held_out: Groups to hold out (default: every group, in turn).
@@ -92,6 +96,7 @@ class QualityConfig:
     """
 
     steps: int = 3000
+    epochs: int | None = None
     pretrain_steps: int = 6000
     held_out_by: str = "subject"
     held_out: tuple[str, ...] | None = None
@@ -107,6 +112,10 @@ class QualityConfig:
 
     def __post_init__(self) -> None:
         self.parts = tuple(self.parts)
+        for name in ("steps", "pretrain_steps", "epochs"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise SpikemaskError(f"benchmark {name}={value}; expected a positive integer")
         unknown = [part for part in self.parts if part not in PARTS]
         if unknown or not self.parts:
             raise SpikemaskError(
@@ -128,8 +137,19 @@ class QualityConfig:
         """True when this process runs only a share of the benchmark."""
         return set(self.parts) != set(PARTS) or self.sessions is not None
 
-    def run_config(self, masking: str, steps: int, sampling: str = "proportional") -> RunConfig:
-        """The configuration of one trained model."""
+    def budget(self) -> tuple[str, str]:
+        """The budget overrides of each from-scratch model and fine-tuning."""
+        if self.epochs is not None:
+            return f"train.max_epochs={self.epochs}", "train.max_steps=null"
+        return f"train.max_steps={self.steps}", "train.max_epochs=null"
+
+    def run_config(
+        self,
+        masking: str,
+        steps: int | None = None,
+        sampling: str = "proportional",
+    ) -> RunConfig:
+        """The configuration of one trained model (``steps`` = None: the session budget)."""
         from spikemask.masking import MaskingConfig
 
         schemes = json.dumps(list(MaskingConfig.preset(masking).schemes))
@@ -137,8 +157,11 @@ class QualityConfig:
             preset=self.preset,
             sets=[
                 *self.sets,
-                f"train.max_steps={steps}",
-                "train.max_epochs=null",
+                *(
+                    self.budget()
+                    if steps is None
+                    else (f"train.max_steps={steps}", "train.max_epochs=null")
+                ),
                 "train.max_minutes=null",
                 f"train.seed={self.seed}",
                 "train.progress_bar=false",
@@ -278,7 +301,7 @@ def _train_scratch(bench: _Bench, session: Session, group: str, part: str) -> Pa
 
     run = bench.out / "runs" / group / session.session_id / f"{part}-scratch"
     if not _done(run):
-        config = bench.config.run_config(MTM if part == "mtm" else part, bench.config.steps)
+        config = bench.config.run_config(MTM if part == "mtm" else part)
         bench.timed(
             f"{part} from scratch on {session.session_id}",
             lambda: _finished(run, train([session], run, config=config, resume=_resumable(run))),
@@ -304,7 +327,7 @@ def _finetune(bench: _Bench, pretrained: Path, session: Session, group: str) -> 
 
     run = bench.out / "runs" / group / session.session_id / "mtm-finetuned"
     if not _done(run):
-        config = bench.config.run_config(MTM, bench.config.steps)
+        config = bench.config.run_config(MTM)
         bench.timed(
             f"MtM fine-tuning on {session.session_id}",
             lambda: _finished(

@@ -34,8 +34,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = kinds.add_parser("quality", help="leave-one-animal-out quality", description=_QUALITY_HELP)
     p.add_argument("data", nargs="+", help="dataset folders (or a .txt file listing them)")
     p.add_argument("--out", type=Path, required=True, help="output folder (reused to resume)")
-    p.add_argument(
-        "--steps", type=int, default=3000, help="steps per from-scratch model and per fine-tuning"
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--steps",
+        type=int,
+        default=3000,
+        help="steps per from-scratch model and per fine-tuning (default 3000)",
+    )
+    budget.add_argument(
+        "--epochs",
+        type=int,
+        help="passes over each held-out session's training trials per from-scratch model "
+        "and per fine-tuning, instead of --steps",
     )
     p.add_argument("--pretrain-steps", type=int, default=6000, help="steps per pre-training")
     p.add_argument(
@@ -160,15 +170,20 @@ def _cmd_quality(args: argparse.Namespace) -> int:
     from spikemask.errors import SpikemaskError
     from spikemask.evaluation.engine import resolve_tasks
 
-    for flag, value in (("--steps", args.steps), ("--pretrain-steps", args.pretrain_steps)):
-        if value < 1:
-            raise SpikemaskError(f"{flag} {value}; expected a positive number of steps")
+    for flag, value, what in (
+        ("--steps", args.steps, "steps"),
+        ("--pretrain-steps", args.pretrain_steps, "steps"),
+        ("--epochs", args.epochs, "passes"),
+    ):
+        if value is not None and value < 1:
+            raise SpikemaskError(f"{flag} {value}; expected a positive number of {what}")
     if len(set(args.seed)) != len(args.seed):
         raise SpikemaskError(f"--seed {' '.join(map(str, args.seed))}; expected different seeds")
     tasks = resolve_tasks(args.tasks) if args.tasks else DEFAULT_TASKS
     load_config(preset=args.preset, sets=args.sets)  # unknown keys fail before any work
     config = QualityConfig(
         steps=args.steps,
+        epochs=args.epochs,
         pretrain_steps=args.pretrain_steps,
         held_out_by=args.held_out_by,
         held_out=tuple(args.held_out) if args.held_out else None,

@@ -56,6 +56,57 @@ def test_loss_decreases_on_a_session_with_structure(tmp_path):
     assert result.best_val_loss == pytest.approx(val.min(), rel=1e-5)
 
 
+def test_select_by_unit_bps_keeps_the_checkpoint_with_the_best_per_unit_score(tmp_path):
+    session = make_session(num_units=13, trials=(24, 6, 6), rate=0.6)
+    config = tiny_config("train.max_epochs=8", "train.select_by=unit_bps")
+    result = train([session], tmp_path / "run", config=config)
+    parts = sorted((result.run_dir / "logs" / "csv").glob("version_*/metrics.csv"))
+    frame = pd.concat([pd.read_csv(p) for p in parts]).dropna(subset=["val_unit_bps"])
+    row = frame.loc[frame["val_unit_bps"].idxmax()]
+    # in this run the two criteria disagree, so the test tells them apart
+    assert row["step"] != frame.loc[frame["val_loss"].idxmin(), "step"]
+    state = json.loads((result.run_dir / "checkpoints" / "best" / "state.json").read_text())
+    assert state["select_by"] == "unit_bps"
+    assert state["step"] == int(row["step"]) + 1  # logged at the step before it completes
+    assert state["val_unit_bps"] == pytest.approx(row["val_unit_bps"], rel=1e-5)
+    # the reported validation loss is that of the kept checkpoint, not the lowest one
+    assert result.best_val_loss == pytest.approx(row["val_loss"], rel=1e-5)
+    with pytest.raises(SpikemaskError, match=r"train\.select_by='bps'; expected one of"):
+        tiny_config("train.select_by=bps")
+
+
+def test_val_unit_bps_is_the_mean_of_each_units_bits_per_spike(tmp_path, monkeypatch):
+    """The logged per-unit validation score against a numpy computation of the same."""
+    from spikemask.training.module import MtMModule
+
+    seen: dict[int, list] = {}
+    original = MtMModule._log_rates
+
+    def recording(self, batch, spec):
+        log_rates = original(self, batch, spec)
+        if not self.training:
+            null = batch["null_log_rates"].expand_as(batch["spikes"])
+            entry = [t.detach().double().numpy() for t in (log_rates, null, batch["spikes"])]
+            seen.setdefault(self.global_step, []).append((*entry, spec.scored.numpy()))
+        return log_rates
+
+    monkeypatch.setattr(MtMModule, "_log_rates", recording)
+    session = make_session(num_units=13, trials=(24, 6, 6), rate=0.6)
+    result = train([session], tmp_path / "run", config=tiny_config("train.max_epochs=2"))
+    logged = _losses(result.run_dir, "val_unit_bps")
+    assert len(logged) == 2
+    last = seen[max(seen)]
+    nll = np.zeros((2, 13))
+    spikes = np.zeros(13)
+    for log_rates, null, counts, scored in last:
+        for row, rate in enumerate((log_rates, null)):
+            nll[row] += ((np.exp(rate) - counts * rate) * scored).sum((0, 1))
+        spikes += (counts * scored).sum((0, 1))
+    keep = spikes > 0
+    expected = ((nll[1] - nll[0])[keep] / (spikes[keep] * np.log(2))).mean()
+    assert logged[-1] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
 def test_same_seed_same_run_different_seed_different(tmp_path):
     session = make_session()
     runs = [

@@ -43,6 +43,7 @@ REGION_LEVELS = ("allen", "beryl", "cosmos")
 SAMPLING = ("proportional", "balanced")
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed", "64")
 DECAY_SCOPES = ("all", "matrices")
+SELECTIONS = ("val_loss", "unit_bps")
 
 
 @dataclass
@@ -131,6 +132,11 @@ class TrainConfig:
             the first steps are slower while it compiles).
         accumulate_grad_batches: Batches whose gradients add up to one optimiser step (an
             effective batch of ``accumulate_grad_batches * data.batch_size`` trials).
+        select_by: Which validation keeps the ``best`` checkpoint: the lowest ``val_loss``
+            (Poisson NLL per scored entry, pooled over units, so the busiest units weigh
+            most) or the highest ``unit_bps`` (bits per spike of each unit against its
+            mean training rate, averaged over the units with scored spikes: every unit
+            weighs the same, as in the per-unit evaluation).
         val_every_n_steps: Validate every this many optimiser steps, or at the end of every
             epoch when an epoch is longer (``None`` = at the end of every epoch). Training
             also ends with a validation, so the last weights are always scored.
@@ -167,6 +173,7 @@ class TrainConfig:
     strategy: str = "auto"
     compile: bool = False
     accumulate_grad_batches: int = 1
+    select_by: str = "val_loss"
     val_every_n_steps: int | None = 100
     num_threads: int | None = None
     log_every_n_steps: int = 10
@@ -199,6 +206,7 @@ class TrainConfig:
             _check_non_negative(f"train.{name}", getattr(self, name))
         _check_choice("train.precision", str(self.precision), PRECISIONS)
         _check_choice("train.weight_decay_scope", str(self.weight_decay_scope), DECAY_SCOPES)
+        _check_choice("train.select_by", str(self.select_by), SELECTIONS)
         _check_positive("train.num_nodes", self.num_nodes)
         _check_positive("train.log_every_n_steps", self.log_every_n_steps)
         _check_positive("train.accumulate_grad_batches", self.accumulate_grad_batches)

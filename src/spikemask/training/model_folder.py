@@ -1,7 +1,8 @@
 """The ``best`` and ``last`` safetensors checkpoints of a run folder, written during training.
 
 ``last`` is rewritten after every validation and at the end of training; ``best`` after a
-validation that lowers the loss (and once at the end if no validation ran). Nothing is
+validation that improves the selection metric (``train.select_by``: the lowest validation
+loss, or the highest per-unit bits per spike), and once at the end if no validation ran. Nothing is
 written with non-finite weights (:func:`~spikemask.training.checkpoint.save_checkpoint`
 refuses), so a diverged run keeps its last finite checkpoints.
 """
@@ -37,8 +38,12 @@ class ModelFolderCheckpoint(Callback):
         self.config = config
         self.sessions = sessions
         self.regions = regions
+        self.select_by = config.train.select_by
+        #: the best validation loss, and the monitored value (lower is better) it came with
         self.best = math.inf
+        self.best_score = math.inf
         self.null = math.nan
+        self.unit_bps = math.nan
 
     def _save(self, name: str, trainer: L.Trainer, module: MtMModule, val: float) -> None:
         state = {
@@ -46,6 +51,8 @@ class ModelFolderCheckpoint(Callback):
             "step": trainer.global_step,
             "val_loss": val,
             "val_null_loss": self.null,
+            "val_unit_bps": self.unit_bps,
+            "select_by": self.select_by,
         }
         checkpoint = Checkpoint(module.model, self.config, self.sessions, self.regions, state)
         with module.averaged_weights():  # the weights that were validated (EMA when on)
@@ -54,16 +61,23 @@ class ModelFolderCheckpoint(Callback):
     def on_validation_end(self, trainer: L.Trainer, module: MtMModule) -> None:
         if trainer.sanity_checking:
             return
-        metric = trainer.callback_metrics.get("val_loss")
-        val = float(metric) if metric is not None else math.nan
-        null = trainer.callback_metrics.get("val_null_loss")
-        self.null = float(null) if null is not None else math.nan
+        metrics = trainer.callback_metrics
+
+        def value(name: str) -> float:
+            metric = metrics.get(name)
+            return float(metric) if metric is not None else math.nan
+
+        val = value("val_loss")
+        self.null = value("val_null_loss")
+        self.unit_bps = value("val_unit_bps")
+        score = -self.unit_bps if self.select_by == "unit_bps" else val
+        better = score < self.best_score  # False for NaN: a non-finite score never wins
         if trainer.is_global_zero:
             self._save("last", trainer, module, val)
-            if val < self.best:
+            if better:
                 self._save("best", trainer, module, val)
-        if val < self.best:
-            self.best = val
+        if better:
+            self.best, self.best_score = val, score
 
     def on_train_end(self, trainer: L.Trainer, module: MtMModule) -> None:
         if trainer.is_global_zero:
@@ -72,8 +86,9 @@ class ModelFolderCheckpoint(Callback):
                 self._save("best", trainer, module, self.best)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "null": self.null}
+        return {"best": self.best, "best_score": self.best_score, "null": self.null}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = float(state_dict.get("best", math.inf))
+        self.best_score = float(state_dict.get("best_score", self.best))
         self.null = float(state_dict.get("null", math.nan))

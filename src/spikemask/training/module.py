@@ -87,6 +87,9 @@ class MtMModule(L.LightningModule):
         self._trainable = list(trainable) if trainable is not None else None
         self._new_params = {id(p) for p in new_params} if new_params is not None else None
         self._val_sums: dict[str, list[torch.Tensor]] = {}
+        #: per unit of every session, summed over a validation: (model NLL, null NLL, spikes)
+        self._unit_sums: torch.Tensor | None = None
+        self._unit_offsets: tuple[dict[str, int], int] | None = None
         self._ema: dict[str, torch.Tensor] | None = None
         self._swapped: dict[str, torch.Tensor] | None = None
         self._host_region_ids: dict[str, torch.Tensor] = {}
@@ -128,6 +131,8 @@ class MtMModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._swap_weights()  # validate (and select models by) the averaged weights
+        # every rank holds (and later sums) the whole per-unit buffer, batches or not
+        self._unit_sums = self._new_unit_sums(self.device)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._ema is not None:
@@ -187,17 +192,20 @@ class MtMModule(L.LightningModule):
         )
         return local, spec.scored.sum().to(spikes.device)
 
-    def _loss_terms(self, batch: dict, spec: MaskSpec) -> tuple[torch.Tensor, torch.Tensor]:
-        prompt = spec.prompt
+    def _log_rates(self, batch: dict, spec: MaskSpec) -> torch.Tensor:
         output = self.model(
             apply_mask(batch["spikes"], spec),
             session_id=batch["session_id"],
-            prompt=prompt,
+            prompt=spec.prompt,
             causal=spec.causal,
             region_ids=batch["region_ids"],
             hidden=spec.hidden,
         )
-        return masked_poisson_nll(output.log_rates, batch["spikes"], spec.scored)
+        return output.log_rates
+
+    def _loss_terms(self, batch: dict, spec: MaskSpec) -> tuple[torch.Tensor, torch.Tensor]:
+        log_rates = self._log_rates(batch, spec)
+        return masked_poisson_nll(log_rates, batch["spikes"], spec.scored)
 
     def _micro_batch(self, batch_idx: int) -> tuple[int, ...]:
         """() without gradient accumulation, else (index of the batch within its step,)."""
@@ -264,15 +272,47 @@ class MtMModule(L.LightningModule):
         squares = weight.square().sum(1) + drift.square()
         return 0.5 * self.train_config.readout_l2 * squares.mean()
 
+    def _unit_layout(self) -> tuple[dict[str, int], int]:
+        """Where each session's units start in the flat per-unit validation sums, and
+        their total (rebuilt when sessions were added)."""
+        layout = self.model.sessions
+        if self._unit_offsets is None or len(self._unit_offsets[0]) != len(layout):
+            offsets, start = {}, 0
+            for session_id, num_units in layout.items():
+                offsets[session_id] = start
+                start += num_units
+            self._unit_offsets = (offsets, start)
+        return self._unit_offsets
+
+    def _new_unit_sums(self, device: torch.device) -> torch.Tensor:
+        return torch.zeros(3, self._unit_layout()[1], dtype=torch.float64, device=device)
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        spikes = batch["spikes"]
+        start = self._unit_layout()[0][batch["session_id"]]
+        if self._unit_sums is None:  # validation_step called outside a Lightning loop
+            self._unit_sums = self._new_unit_sums(spikes.device)
+        units = self._unit_sums[:, start : start + spikes.shape[-1]]
         for index, scheme in enumerate(self.masking_config.schemes):
             keys = (self.train_config.seed, _VAL, int(batch["batch_id"]), index)
             spec, _ = self._global_mask(batch, keys, scheme=scheme)
-            total, count = self._loss_terms(batch, spec)
-            null_log_rates = batch["null_log_rates"].expand_as(batch["spikes"])
-            null, _ = masked_poisson_nll(null_log_rates, batch["spikes"], spec.scored)
+            log_rates = self._log_rates(batch, spec)
+            scored = spec.scored
+            nll = F.poisson_nll_loss(
+                log_rates.float(), spikes, log_input=True, full=False, reduction="none"
+            )
+            null_log_rates = batch["null_log_rates"].expand_as(spikes)
+            null_nll = F.poisson_nll_loss(
+                null_log_rates.float(), spikes, log_input=True, full=False, reduction="none"
+            )
+            model_units = (nll * scored).sum((0, 1)).double()
+            null_units = (null_nll * scored).sum((0, 1)).double()
+            units[0] += model_units
+            units[1] += null_units
+            units[2] += (spikes * scored).sum((0, 1)).double()
+            total, null, count = model_units.sum(), null_units.sum(), scored.sum().double()
             sums = self._val_sums.setdefault(scheme, [])
-            sums.append(torch.stack([total.detach().double(), count.double(), null.double()]))
+            sums.append(torch.stack([total, count, null]))
 
     def on_validation_epoch_end(self) -> None:
         losses, nulls = [], []
@@ -291,6 +331,13 @@ class MtMModule(L.LightningModule):
             self.log("val_loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True)
             # the per-unit mean-rate model on the same scored entries: val_loss must beat it
             self.log("val_null_loss", torch.stack(nulls).mean(), sync_dist=True)
+        if self._unit_sums is not None:
+            units = self.trainer.strategy.reduce(self._unit_sums, reduce_op="sum")
+            spiking = units[2] > 0
+            if bool(spiking.any()):
+                gain = (units[1] - units[0])[spiking] / (units[2][spiking] * math.log(2.0))
+                self.log("val_unit_bps", gain.mean().float(), prog_bar=True, sync_dist=True)
+        self._unit_sums = None
         self._val_sums = {}
         self.validated_step = self.global_step
         self._swap_weights()  # back to the live weights

@@ -133,12 +133,12 @@ def test_budget_flags_keep_the_other_budgets_and_help_says_the_defaults(capsys):
     args = _parser().parse_args(["train", "x", "--out", "y", "--max-steps", "7"])
     config = load_config(preset="small", sets=_budget_sets(args))
     # the first budget reached stops training: the preset's epochs stay
-    assert (config.train.max_steps, config.train.max_epochs) == (7, 100)
+    assert (config.train.max_steps, config.train.max_epochs) == (7, 300)
     assert config.train.max_minutes is None
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "100 for small and 1000 for paper" in text
+    assert "300 for small and 1000 for paper" in text
     assert "the first budget reached stops training" in text
 
 

@@ -9,20 +9,24 @@
 #
 #   benchmarks/cpu/quality.sh OUT STEPS PRETRAIN_STEPS WORKERS "SEEDS" DATA_FOLDER...
 #
-# e.g. benchmarks/cpu/quality.sh bench/q 2000 5000 2 "0 1 2" ../shared/data/steinmetz2019/*/
+# e.g. benchmarks/cpu/quality.sh bench/q 300ep 5000 2 "0 1 2" ../shared/data/steinmetz2019/*/
+# STEPS is a number of optimiser steps (2000) or of passes over each session's training
+# trials (300ep = --epochs 300).
 # With one seed the runs go into OUT; with several into OUT/seed-K. Extra `spikemask bench
 # quality` flags go in $BENCH_FLAGS. Rerunning resumes: finished runs are reused.
 set -u
 out=$1 steps=$2 pretrain=$3 workers=$4 seeds=$5
 shift 5
 mkdir -p "$out/logs"
-export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 OUT=$out STEPS=$steps PRETRAIN=$pretrain SEEDS=$seeds
+budget="--steps $steps"
+[[ $steps == *ep ]] && budget="--epochs ${steps%ep}"
+export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 OUT=$out BUDGET="$budget" PRETRAIN=$pretrain SEEDS=$seeds
 export DATA="$*" BENCH_FLAGS=${BENCH_FLAGS:-}
 job() {  # KIND SEED GROUP SESSION
   local kind=$1 seed=$2 group=$3 session=$4 dir=$OUT
   [ "$(wc -w <<<"$SEEDS")" -gt 1 ] && dir=$OUT/seed-$seed
   local log=$OUT/logs/$seed-$group-$session-$kind
-  bench() { python3 -m spikemask bench quality $DATA --steps "$STEPS" --pretrain-steps "$PRETRAIN" \
+  bench() { python3 -m spikemask bench quality $DATA $BUDGET --pretrain-steps "$PRETRAIN" \
     --held-out "$group" $BENCH_FLAGS "$@"; }
   case $kind in
     pretrain) bench --out "$dir" --seed "$seed" --parts pretrain >"$log.log" 2>&1 ;;
@@ -55,6 +59,6 @@ first=${seeds%% *}
     for pair in "${pairs[@]}"; do echo "finetune $seed $pair"; done
   done
 } | xargs -P "$workers" -L 1 bash -c 'job "$0" "$1" "$2" "$3"'
-python3 -m spikemask bench quality "$@" --out "$out" --steps "$steps" --pretrain-steps "$pretrain" \
+python3 -m spikemask bench quality "$@" --out "$out" $budget --pretrain-steps "$pretrain" \
   --seed $seeds --table-only ${BENCH_FLAGS:-} >"$out/logs/table.log" 2>&1
 cat "$out/logs/table.log"

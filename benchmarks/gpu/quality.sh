@@ -11,10 +11,12 @@
 # Each process uses one CPU thread (OMP_NUM_THREADS=1) and the GPU when there is one.
 set -u
 out=$1 steps=$2 pretrain=$3
+budget="--steps $steps"  # STEPS: optimiser steps (2000) or passes (300ep = --epochs 300)
+[[ $steps == *ep ]] && budget="--epochs ${steps%ep}"
 shift 3
 mkdir -p "$out/logs"
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-bench() { python3 -m spikemask bench quality "$@" --out "$out" --steps "$steps" \
+bench() { python3 -m spikemask bench quality "$@" --out "$out" $budget \
   --pretrain-steps "$pretrain" ${BENCH_FLAGS:-}; }
 # "group session" lines, from the sessions' own metadata
 mapfile -t pairs < <(python3 - "$@" <<'PY'
@@ -39,6 +41,6 @@ for pair in "${pairs[@]}"; do
     echo $? >"$out/logs/$session.rc" ) &
 done
 wait
-python3 -m spikemask bench quality "$@" --out "$out" --steps "$steps" \
+python3 -m spikemask bench quality "$@" --out "$out" $budget \
   --pretrain-steps "$pretrain" --table-only ${BENCH_FLAGS:-} >"$out/logs/table.log" 2>&1
 cat "$out/logs/table.log"

@@ -26,7 +26,7 @@ def _add_budget_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-epochs",
         type=int,
-        help="stop after this many epochs (default: the preset's, 100 for small and 1000 for "
+        help="stop after this many epochs (default: the preset's, 300 for small and 1000 for "
         f"paper{budget})",
     )
     parser.add_argument(

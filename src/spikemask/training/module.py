@@ -57,6 +57,15 @@ def masked_poisson_nll(log_rates: torch.Tensor, spikes: torch.Tensor, scored: to
     return (nll * scored).sum(), scored.sum()
 
 
+def _unit_nll(log_rates: torch.Tensor, spikes: torch.Tensor, scored: torch.Tensor):
+    """(N,) float64: each unit's Poisson NLL summed over its scored entries (as
+    :func:`masked_poisson_nll`, per unit)."""
+    nll = F.poisson_nll_loss(
+        log_rates.float(), spikes, log_input=True, full=False, reduction="none"
+    )
+    return (nll * scored).sum((0, 1)).double()
+
+
 class MtMModule(L.LightningModule):
     """Trains a model with a masking mixture.
 
@@ -296,17 +305,9 @@ class MtMModule(L.LightningModule):
         for index, scheme in enumerate(self.masking_config.schemes):
             keys = (self.train_config.seed, _VAL, int(batch["batch_id"]), index)
             spec, _ = self._global_mask(batch, keys, scheme=scheme)
-            log_rates = self._log_rates(batch, spec)
             scored = spec.scored
-            nll = F.poisson_nll_loss(
-                log_rates.float(), spikes, log_input=True, full=False, reduction="none"
-            )
-            null_log_rates = batch["null_log_rates"].expand_as(spikes)
-            null_nll = F.poisson_nll_loss(
-                null_log_rates.float(), spikes, log_input=True, full=False, reduction="none"
-            )
-            model_units = (nll * scored).sum((0, 1)).double()
-            null_units = (null_nll * scored).sum((0, 1)).double()
+            model_units = _unit_nll(self._log_rates(batch, spec), spikes, scored)
+            null_units = _unit_nll(batch["null_log_rates"].expand_as(spikes), spikes, scored)
             units[0] += model_units
             units[1] += null_units
             units[2] += (spikes * scored).sum((0, 1)).double()

@@ -94,6 +94,22 @@ def test_quality_benchmark_epoch_budget_grows_with_the_session(tmp_path) -> None
     assert replace(config, epochs=None, steps=7).budget()[0] == "train.max_steps=7"
     with pytest.raises(SpikemaskError, match="epochs=0; expected a positive integer"):
         replace(config, epochs=0)
+    with pytest.raises(SpikemaskError, match="steps=7 and epochs=2; expected one budget"):
+        replace(config, steps=7)
+
+
+def test_quality_benchmark_default_budget_is_the_recipes() -> None:
+    """Neither budget given: 300 passes (train.max_epochs of the small preset), 5,000
+    pre-training steps, in the API and on the command line."""
+    from spikemask.cli import _parser
+    from spikemask.config import load_config
+
+    default = QualityConfig()
+    assert (default.epochs, default.steps, default.pretrain_steps) == (300, None, 5000)
+    assert default.budget() == ("train.max_epochs=300", "train.max_steps=null")
+    assert load_config(preset="small").train.max_epochs == default.epochs
+    args = _parser().parse_args(["bench", "quality", "d", "--out", "o"])
+    assert (args.steps, args.epochs, args.pretrain_steps) == (None, None, 5000)
 
 
 def test_quality_benchmark_refuses_bad_groups(tmp_path) -> None:

@@ -8,7 +8,8 @@ out in turn, it trains and evaluates on each held-out session:
 (b) ``temporal scratch``: the same with temporal masking;
 (c) ``MtM pre-trained``: MtM pre-trained on every session of the *other* groups
     (session-balanced batches), then fine-tuned on the held-out session with the same
-    budget as (a) (``steps``, or ``epochs`` over the session's training trials);
+    budget as (a) (``epochs`` over the session's training trials, 300 by default, or
+    ``steps``);
 (d) ``linear``: the reference linear baseline;
 (e) ``oracle``, on synthetic sessions whose ground truth is given (``truth``): the true
     rates' co-smoothing bits per spike, the ceiling that the others are a share of.
@@ -56,6 +57,11 @@ PARTS = ("pretrain", "mtm", "temporal", "finetune", "linear")
 #: The masking of the benchmark's MtM models: the default training mixture.
 MTM = "mtm-temporal"
 DEFAULT_TASKS = ("co-smoothing", "forward-prediction", "inter-region", "intra-region", "choice")
+#: The budget of each from-scratch model and fine-tuning when neither steps nor epochs is
+#: given: the recipe's ``train.max_epochs`` (BENCHMARKS.md section 7).
+DEFAULT_EPOCHS = 300
+#: Pre-training steps when not given (the budget of BENCHMARKS.md section 7's tables).
+DEFAULT_PRETRAIN_STEPS = 5000
 #: Settings the benchmark makes itself (``--set`` may not change them), and the option to use.
 OWN_SETTINGS = {
     "train.max_steps": "--steps / --epochs / --pretrain-steps",
@@ -72,12 +78,15 @@ class QualityConfig:
     """Budgets and settings of the quality benchmark.
 
     Attributes:
-        steps: Optimiser steps of each from-scratch model and of each fine-tuning (used
-            when ``epochs`` is ``None``).
+        steps: Optimiser steps of each from-scratch model and of each fine-tuning, instead
+            of ``epochs`` (give one or the other).
         epochs: Passes over the held-out session's training trials of each from-scratch
-            model and of each fine-tuning, instead of ``steps`` (``None`` = use ``steps``).
-            A budget in passes grows with the session, as ``spikemask train``'s does.
-        pretrain_steps: Optimiser steps of each pre-training (on the other groups).
+            model and of each fine-tuning. A budget in passes grows with the session, as
+            ``spikemask train``'s does. When neither is given: :data:`DEFAULT_EPOCHS` (300,
+            the recipe's default).
+        pretrain_steps: Optimiser steps of each pre-training (on the other groups); default
+            5,000 (15,000 was measured: better for held-out sessions of 200+ trials, worse
+            for Cori's small ones, BENCHMARKS.md section 7).
         held_out_by: Session metadata key that groups sessions (``subject`` = animal).
         held_out: Groups to hold out (default: every group, in turn).
         preset: Model / optimisation preset of every trained model.
@@ -95,9 +104,9 @@ class QualityConfig:
             ``cuda``, ... Training picks its accelerator through ``train.accelerator``.
     """
 
-    steps: int = 3000
+    steps: int | None = None
     epochs: int | None = None
-    pretrain_steps: int = 6000
+    pretrain_steps: int = DEFAULT_PRETRAIN_STEPS
     held_out_by: str = "subject"
     held_out: tuple[str, ...] | None = None
     preset: str = "small"
@@ -112,6 +121,13 @@ class QualityConfig:
 
     def __post_init__(self) -> None:
         self.parts = tuple(self.parts)
+        if self.steps is not None and self.epochs is not None:
+            raise SpikemaskError(
+                f"benchmark steps={self.steps} and epochs={self.epochs}; expected one budget "
+                "or the other"
+            )
+        if self.steps is None and self.epochs is None:
+            self.epochs = DEFAULT_EPOCHS
         for name in ("steps", "pretrain_steps", "epochs"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or value < 1):

@@ -38,16 +38,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     budget.add_argument(
         "--steps",
         type=int,
-        default=3000,
-        help="steps per from-scratch model and per fine-tuning (default 3000)",
+        help="steps per from-scratch model and per fine-tuning, instead of --epochs",
     )
     budget.add_argument(
         "--epochs",
         type=int,
         help="passes over each held-out session's training trials per from-scratch model "
-        "and per fine-tuning, instead of --steps",
+        "and per fine-tuning (default 300, the recipe's train.max_epochs)",
     )
-    p.add_argument("--pretrain-steps", type=int, default=6000, help="steps per pre-training")
+    p.add_argument(
+        "--pretrain-steps", type=int, default=5000, help="steps per pre-training (default 5000)"
+    )
     p.add_argument(
         "--held-out-by",
         default="subject",

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from spikemask.bench import QualityConfig, group_sessions, run_quality_benchmark
+from spikemask.bench.quality import PARTS as PARTS_ALL
 from spikemask.bench.quality_report import win_counts
 from spikemask.cli import main
 from spikemask.errors import SpikemaskError
@@ -109,7 +110,68 @@ def test_quality_benchmark_default_budget_is_the_recipes() -> None:
     assert default.budget() == ("train.max_epochs=300", "train.max_steps=null")
     assert load_config(preset="small").train.max_epochs == default.epochs
     args = _parser().parse_args(["bench", "quality", "d", "--out", "o"])
-    assert (args.steps, args.epochs, args.pretrain_steps) == (None, None, 5000)
+    assert (args.steps, args.epochs, args.pretrain_steps) == (None, None, [5000])
+    two = _parser().parse_args(
+        ["bench", "quality", "d", "--out", "o", "--pretrain-steps", "5", "9"]
+    )
+    assert two.pretrain_steps == [5, 9]
+
+
+def test_quality_benchmark_chooses_the_pretraining_length_on_validation(tmp_path) -> None:
+    """Several pre-training lengths: one pre-training each, a fine-tuning from each, and each
+    held-out session keeps the one with the best validation score; every candidate is also
+    reported."""
+    from spikemask.bench.quality import validation_score
+
+    config = QualityConfig(
+        steps=2,
+        pretrain_steps=(3, 5),
+        sets=tuple(TINY_MODEL),
+        tasks=("co-smoothing", "inter-region"),
+        held_out=("bob",),
+        parts=("pretrain", "finetune"),
+    )
+    lines: list[str] = []
+    summary = run_quality_benchmark(_sessions(), tmp_path, config, log=lines.append)
+    runs = tmp_path / "runs" / "bob"
+    for steps in (3, 5):
+        finished = json.loads((runs / f"pretrain-mtm-{steps}" / "bench-finished.json").read_text())
+        assert finished["steps"] == steps
+    choice = json.loads((runs / "s2" / "pretraining-choice.json").read_text())
+    scores = {}
+    for steps in (3, 5):
+        val = json.loads((runs / "s2" / f"mtm-finetuned-{steps}" / "validation.json").read_text())
+        assert val["split"] == "val" and set(val["sessions"]["s2"]) == {
+            "co_smoothing",
+            "inter_region",
+        }
+        scores[steps] = validation_score(val)
+        assert choice["scores"][str(steps)] == pytest.approx(scores[steps], abs=1e-6)
+    best = max((3, 5), key=scores.get)
+    assert choice["chosen_steps"] == best and choice["chosen"] == f"mtm-finetuned-{best}"
+    models = summary["models"]
+    assert {"MtM pre-trained", "MtM pre-trained 3 steps", "MtM pre-trained 5 steps"} <= set(models)
+    chosen = json.loads((runs / "s2" / f"mtm-finetuned-{best}" / "evaluation.json").read_text())
+    assert models["MtM pre-trained"]["sessions"]["s2"] == chosen["sessions"]["s2"]
+    assert chosen["split"] == "test"
+    assert any(f"pre-training of {best} steps chosen on validation" in line for line in lines)
+    # --table-only reads the choice and the candidates (nothing trained or evaluated)
+    joined = run_quality_benchmark(
+        _sessions(), tmp_path, replace(config, table_only=True, parts=PARTS_ALL)
+    )
+    assert joined["models"]["MtM pre-trained"]["sessions"]["s2"] == chosen["sessions"]["s2"]
+    assert "MtM pre-trained 5 steps" in (tmp_path / "table.md").read_text()
+    # a lost choice file is made again from the candidates' validation evaluations
+    (runs / "s2" / "pretraining-choice.json").unlink()
+    run_quality_benchmark(_sessions(), tmp_path, replace(config, table_only=True))
+    assert json.loads((runs / "s2" / "pretraining-choice.json").read_text()) == choice
+    with pytest.raises(SpikemaskError, match="expected a positive integer, or several different"):
+        replace(config, pretrain_steps=(5, 5))
+    with pytest.raises(SpikemaskError, match="pretrain_steps=0; expected a positive integer"):
+        replace(config, pretrain_steps=0)
+    assert replace(config, pretrain_steps=[7]).pretrain_steps == 7
+    with pytest.raises(SpikemaskError, match="none of the activity tasks"):
+        validation_score({"sessions": {"s2": {"choice": {"accuracy": 0.5}}}})
 
 
 def test_quality_benchmark_refuses_bad_groups(tmp_path) -> None:
@@ -140,6 +202,11 @@ def test_bench_quality_cli_checks_its_flags(tmp_path, capsys) -> None:
     assert info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
     code = main(["bench", "quality", str(tmp_path), "--out", str(tmp_path), "--seed", "1", "1"])
     assert code == 2 and "--seed 1 1; expected different seeds" in capsys.readouterr().err
+    argv = ["bench", "quality", str(tmp_path), "--out", str(tmp_path), "--pretrain-steps"]
+    assert main([*argv, "9", "9"]) == 2
+    assert "--pretrain-steps 9 9; expected different lengths" in capsys.readouterr().err
+    assert main([*argv, "9", "0"]) == 2
+    assert "--pretrain-steps 0; expected a positive number of steps" in capsys.readouterr().err
 
 
 def test_quality_benchmark_parts_spread_over_processes_join(tmp_path) -> None:

@@ -9,7 +9,11 @@ out in turn, it trains and evaluates on each held-out session:
 (c) ``MtM pre-trained``: MtM pre-trained on every session of the *other* groups
     (session-balanced batches), then fine-tuned on the held-out session with the same
     budget as (a) (``epochs`` over the session's training trials, 300 by default, or
-    ``steps``);
+    ``steps``). Given several pre-training lengths (``pretrain_steps``), it pre-trains one
+    model per length, fine-tunes each on the held-out session, and keeps the one whose
+    mean per-unit bits per spike over the activity tasks is highest on that session's
+    *validation* split (:func:`validation_score`); each candidate is also reported, as
+    ``MtM pre-trained N steps``;
 (d) ``linear``: the reference linear baseline;
 (e) ``oracle``, on synthetic sessions whose ground truth is given (``truth``): the true
     rates' co-smoothing bits per spike, the ceiling that the others are a share of.
@@ -41,6 +45,7 @@ from spikemask.config import RunConfig, load_config
 from spikemask.data.session import Session
 from spikemask.errors import SpikemaskError
 from spikemask.evaluation.engine import mean_over_sessions
+from spikemask.evaluation.tasks import ACTIVITY_TASKS
 
 __all__ = [
     "MODELS",
@@ -49,6 +54,7 @@ __all__ = [
     "group_sessions",
     "run_quality_benchmark",
     "run_quality_seeds",
+    "validation_score",
 ]
 
 MODELS = ("MtM scratch", "temporal scratch", "MtM pre-trained", "linear", "oracle")
@@ -85,8 +91,10 @@ class QualityConfig:
             ``spikemask train``'s does. When neither is given: :data:`DEFAULT_EPOCHS` (300,
             the recipe's default).
         pretrain_steps: Optimiser steps of each pre-training (on the other groups); default
-            5,000 (15,000 was measured: better for held-out sessions of 200+ trials, worse
-            for Cori's small ones, BENCHMARKS.md section 7).
+            5,000. Several lengths (a tuple): one pre-training per length, and each held-out
+            session keeps the fine-tuning that scores best on its validation split
+            (BENCHMARKS.md section 7: 15,000 steps helped the animals with large sessions
+            and hurt Cori, so the choice is made per session).
         held_out_by: Session metadata key that groups sessions (``subject`` = animal).
         held_out: Groups to hold out (default: every group, in turn).
         preset: Model / optimisation preset of every trained model.
@@ -106,7 +114,7 @@ class QualityConfig:
 
     steps: int | None = None
     epochs: int | None = None
-    pretrain_steps: int = DEFAULT_PRETRAIN_STEPS
+    pretrain_steps: int | tuple[int, ...] = DEFAULT_PRETRAIN_STEPS
     held_out_by: str = "subject"
     held_out: tuple[str, ...] | None = None
     preset: str = "small"
@@ -128,10 +136,11 @@ class QualityConfig:
             )
         if self.steps is None and self.epochs is None:
             self.epochs = DEFAULT_EPOCHS
-        for name in ("steps", "pretrain_steps", "epochs"):
+        for name in ("steps", "epochs"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or value < 1):
                 raise SpikemaskError(f"benchmark {name}={value}; expected a positive integer")
+        self.pretrain_steps = _pretrain_lengths(self.pretrain_steps)
         unknown = [part for part in self.parts if part not in PARTS]
         if unknown or not self.parts:
             raise SpikemaskError(
@@ -147,6 +156,20 @@ class QualityConfig:
                     f"--set {item!r}: the quality benchmark sets {key} itself; "
                     f"use {OWN_SETTINGS[key]}"
                 )
+
+    @property
+    def pretrain_lengths(self) -> tuple[int, ...]:
+        """The pre-training lengths, in steps (one, or several to choose between)."""
+        value = self.pretrain_steps
+        return (value,) if isinstance(value, int) else tuple(value)
+
+    def pretrain_name(self, steps: int) -> str:
+        """Folder name of the pre-training of ``steps`` steps (``pretrain-mtm`` if only one)."""
+        return "pretrain-mtm" if len(self.pretrain_lengths) == 1 else f"pretrain-mtm-{steps}"
+
+    def finetune_name(self, steps: int) -> str:
+        """Folder name of the fine-tuning from the pre-training of ``steps`` steps."""
+        return "mtm-finetuned" if len(self.pretrain_lengths) == 1 else f"mtm-finetuned-{steps}"
 
     @property
     def partial(self) -> bool:
@@ -185,6 +208,21 @@ class QualityConfig:
                 f"data.session_sampling={sampling}",
             ],
         )
+
+
+def _pretrain_lengths(value: int | Sequence[int]) -> int | tuple[int, ...]:
+    """``pretrain_steps`` checked: one length as an int, several as a tuple."""
+    lengths = (value,) if isinstance(value, int) else tuple(value)
+    if (
+        not lengths
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in lengths)
+        or len(set(lengths)) != len(lengths)
+    ):
+        raise SpikemaskError(
+            f"benchmark pretrain_steps={value}; expected a positive integer, or several "
+            "different ones to choose between"
+        )
+    return lengths[0] if len(lengths) == 1 else lengths
 
 
 def group_sessions(sessions: Sequence[Session], key: str) -> dict[str, list[Session]]:
@@ -325,27 +363,27 @@ def _train_scratch(bench: _Bench, session: Session, group: str, part: str) -> Pa
     return run
 
 
-def _pretrain(bench: _Bench, group: str, others: list[Session]) -> Path:
+def _pretrain(bench: _Bench, group: str, others: list[Session], steps: int) -> Path:
     from spikemask.training.run import train
 
-    run = bench.out / "runs" / group / "pretrain-mtm"
+    run = bench.out / "runs" / group / bench.config.pretrain_name(steps)
     if not _done(run):
-        config = bench.config.run_config(MTM, bench.config.pretrain_steps, "balanced")
+        config = bench.config.run_config(MTM, steps, "balanced")
         bench.timed(
-            f"MtM pre-training without {group} ({len(others)} sessions)",
+            f"MtM pre-training without {group} ({len(others)} sessions, {steps} steps)",
             lambda: _finished(run, train(others, run, config=config, resume=_resumable(run))),
         )
     return run
 
 
-def _finetune(bench: _Bench, pretrained: Path, session: Session, group: str) -> Path:
+def _finetune(bench: _Bench, pretrained: Path, session: Session, group: str, name: str) -> Path:
     from spikemask.training.finetune import finetune
 
-    run = bench.out / "runs" / group / session.session_id / "mtm-finetuned"
+    run = bench.out / "runs" / group / session.session_id / name
     if not _done(run):
         config = bench.config.run_config(MTM)
         bench.timed(
-            f"MtM fine-tuning on {session.session_id}",
+            f"MtM fine-tuning on {session.session_id} from {pretrained.name}",
             lambda: _finished(
                 run,
                 finetune(
@@ -359,6 +397,110 @@ def _finetune(bench: _Bench, pretrained: Path, session: Session, group: str) -> 
             ),
         )
     return run
+
+
+def validation_score(result: Mapping[str, Any]) -> float:
+    """How a fine-tuning is chosen among several: the mean over sessions and activity tasks
+    of the bits per spike averaged over units, of an evaluation on the validation split.
+
+    Raises:
+        SpikemaskError: The evaluation has no activity task.
+    """
+    from spikemask.bench.quality_report import ACTIVITY
+
+    values = [
+        entry[task]["bps"]
+        for entry in result["sessions"].values()
+        for task in ACTIVITY
+        if isinstance(entry.get(task), dict) and "bps" in entry[task]
+    ]
+    if not values:
+        raise SpikemaskError(
+            f"validation evaluation has none of the activity tasks {list(ACTIVITY)}; choosing "
+            "between pre-training lengths needs at least one"
+        )
+    return sum(values) / len(values)
+
+
+_CHOICE = "pretraining-choice.json"
+
+
+def _choose(bench: _Bench, folder: Path, session: Session, evaluate: bool) -> dict[str, Any] | None:
+    """Which pre-training length the held-out session keeps, from its validation split.
+
+    Each candidate fine-tuning's validation evaluation is ``validation.json`` in its folder
+    (made here when ``evaluate``); the choice is written to ``folder/pretraining-choice.json``.
+    None when a candidate has not finished (or, without ``evaluate``, has no validation
+    evaluation yet).
+    """
+    config = bench.config
+    path = folder / _CHOICE
+    if path.is_file():
+        choice = json.loads(path.read_text())
+        if [int(k) for k in choice["scores"]] == list(config.pretrain_lengths):
+            return choice
+    scores: dict[str, float] = {}
+    for steps in config.pretrain_lengths:
+        run = folder / config.finetune_name(steps)
+        val = run / "validation.json"
+        if not val.is_file():
+            if not (evaluate and _done(run)):
+                return None
+            from spikemask.api import load_run
+            from spikemask.evaluation.evaluate import evaluate as evaluate_model
+
+            model = load_run(run, device=config.device)
+            tasks = [t for t in config.tasks if t in ACTIVITY_TASKS] or list(ACTIVITY_TASKS)
+            result = evaluate_model(model, [session], split="val", tasks=tasks, progress=False)
+            val.write_text(json.dumps(result, indent=1))
+        scores[str(steps)] = round(validation_score(json.loads(val.read_text())), 6)
+    best = max(config.pretrain_lengths, key=lambda steps: scores[str(steps)])  # ties: first
+    choice = {
+        "chosen_steps": best,
+        "chosen": config.finetune_name(best),
+        "scores": scores,
+        "criterion": "validation split: mean per-unit bits per spike over the activity tasks",
+    }
+    path.write_text(json.dumps(choice, indent=1) + "\n")
+    bench.log(
+        f"{session.session_id}: pre-training of {best} steps chosen on validation "
+        f"({', '.join(f'{k}: {v:+.4f}' for k, v in scores.items())})"
+    )
+    return choice
+
+
+def _add_pretrained(
+    bench: _Bench, folder: Path, session: Session, group: str, evaluate: bool
+) -> list[str]:
+    """Add the pre-trained model's test evaluation (the chosen length's, when there are
+    several, and each candidate's as ``MtM pre-trained N steps``); the names of what is
+    not finished."""
+    config = bench.config
+    lengths = config.pretrain_lengths
+    if len(lengths) == 1:
+        path = folder / config.finetune_name(lengths[0]) / "evaluation.json"
+        if not path.is_file():
+            return ["MtM pre-trained"]
+        bench.add("MtM pre-trained", group, json.loads(path.read_text()))
+        return []
+    missing = []
+    for steps in lengths:
+        path = folder / config.finetune_name(steps) / "evaluation.json"
+        if path.is_file():
+            bench.add(f"MtM pre-trained {steps} steps", group, json.loads(path.read_text()))
+        else:
+            missing.append(f"MtM pre-trained {steps} steps")
+    choice = _choose(bench, folder, session, evaluate)
+    chosen = folder / choice["chosen"] / "evaluation.json" if choice else None
+    if chosen is None or not chosen.is_file():
+        return [*missing, "MtM pre-trained"]
+    result = json.loads(chosen.read_text())
+    bench.add(
+        "MtM pre-trained",
+        group,
+        {**result, "model": f"{result.get('model')} (chosen on validation)"},
+    )
+    return missing
 
 
 def run_quality_benchmark(
@@ -400,9 +542,12 @@ def run_quality_benchmark(
         return write_outputs(bench.results, bench.groups_of, out, config, bench.timings)
     for group in held:
         others = [s for g, members in groups.items() if g != group for s in members]
-        pretrained = bench.out / "runs" / group / "pretrain-mtm"
+        pretrained = {
+            steps: bench.out / "runs" / group / config.pretrain_name(steps)
+            for steps in config.pretrain_lengths
+        }
         if "pretrain" in config.parts:
-            pretrained = _pretrain(bench, group, others)
+            pretrained = {steps: _pretrain(bench, group, others, steps) for steps in pretrained}
         for session in groups[group]:
             if config.sessions is None or session.session_id in config.sessions:
                 _run_session(bench, session, group, pretrained)
@@ -508,21 +653,27 @@ def _check_selection(groups: dict[str, list[Session]], config: QualityConfig) ->
     return held
 
 
-def _run_session(bench: _Bench, session: Session, group: str, pretrained: Path) -> None:
-    """This process's parts of the benchmark on one held-out session."""
+def _run_session(bench: _Bench, session: Session, group: str, pretrained: dict[int, Path]) -> None:
+    """This process's parts of the benchmark on one held-out session (``pretrained``: the
+    group's pre-training of each length)."""
     parts = bench.config.parts
     for part, name in (("mtm", "MtM scratch"), ("temporal", "temporal scratch")):
         if part in parts:
             run = _train_scratch(bench, session, group, part)
             bench.add(name, group, bench.evaluate(run, session))
     if "finetune" in parts:
-        if not _done(pretrained):
+        unfinished = [str(run) for run in pretrained.values() if not _done(run)]
+        if unfinished:
             raise SpikemaskError(
-                f"the pre-training without {group} ({pretrained}) has not finished; "
-                "run the benchmark with --parts pretrain first"
+                f"the pre-training without {group} ({', '.join(unfinished)}) has not "
+                "finished; run the benchmark with --parts pretrain first"
             )
-        tuned = _finetune(bench, pretrained, session, group)
-        bench.add("MtM pre-trained", group, bench.evaluate(tuned, session))
+        folder = bench.out / "runs" / group / session.session_id
+        for steps, run in pretrained.items():
+            bench.evaluate(
+                _finetune(bench, run, session, group, bench.config.finetune_name(steps)), session
+            )
+        _add_pretrained(bench, folder, session, group, evaluate=True)
     if "linear" in parts:
         bench.add("linear", group, bench.linear(session))
     bench.add_oracle(session, group)
@@ -538,17 +689,21 @@ def _collect(bench: _Bench, group: str, sessions: list[Session]) -> None:
         paths = {
             "MtM scratch": folder / "mtm-scratch" / "evaluation.json",
             "temporal scratch": folder / "temporal-scratch" / "evaluation.json",
-            "MtM pre-trained": folder / "mtm-finetuned" / "evaluation.json",
+            "MtM pre-trained": None,  # the one length's, or the one chosen on validation
             "linear": bench.linear_dir / f"{session.session_id}.json",
         }
-        missing = [name for name, path in paths.items() if not path.is_file()]
+        missing: list[str] = []
+        for name, path in paths.items():
+            if path is None:
+                missing += _add_pretrained(bench, folder, session, group, evaluate=False)
+            elif path.is_file():
+                bench.add(name, group, json.loads(path.read_text()))
+            else:
+                missing.append(name)
         if missing:
             bench.log(
                 f"{session.session_id} ({group}): not finished, left out: {', '.join(missing)}"
             )
-        for name, path in paths.items():
-            if name not in missing:
-                bench.add(name, group, json.loads(path.read_text()))
         bench.add_oracle(session, group)
 
 

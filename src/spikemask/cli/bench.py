@@ -47,7 +47,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "and per fine-tuning (default 300, the recipe's train.max_epochs)",
     )
     p.add_argument(
-        "--pretrain-steps", type=int, default=5000, help="steps per pre-training (default 5000)"
+        "--pretrain-steps",
+        type=int,
+        nargs="+",
+        default=[5000],
+        metavar="STEPS",
+        help="steps per pre-training (default 5000); several lengths: one pre-training each, "
+        "and each held-out session keeps the fine-tuning that scores best on its validation "
+        "split",
     )
     p.add_argument(
         "--held-out-by",
@@ -173,11 +180,16 @@ def _cmd_quality(args: argparse.Namespace) -> int:
 
     for flag, value, what in (
         ("--steps", args.steps, "steps"),
-        ("--pretrain-steps", args.pretrain_steps, "steps"),
+        *(("--pretrain-steps", value, "steps") for value in args.pretrain_steps),
         ("--epochs", args.epochs, "passes"),
     ):
         if value is not None and value < 1:
             raise SpikemaskError(f"{flag} {value}; expected a positive number of {what}")
+    if len(set(args.pretrain_steps)) != len(args.pretrain_steps):
+        raise SpikemaskError(
+            f"--pretrain-steps {' '.join(map(str, args.pretrain_steps))}; expected different "
+            "lengths"
+        )
     if len(set(args.seed)) != len(args.seed):
         raise SpikemaskError(f"--seed {' '.join(map(str, args.seed))}; expected different seeds")
     tasks = resolve_tasks(args.tasks) if args.tasks else DEFAULT_TASKS
@@ -185,7 +197,7 @@ def _cmd_quality(args: argparse.Namespace) -> int:
     config = QualityConfig(
         steps=args.steps,
         epochs=args.epochs,
-        pretrain_steps=args.pretrain_steps,
+        pretrain_steps=tuple(args.pretrain_steps),
         held_out_by=args.held_out_by,
         held_out=tuple(args.held_out) if args.held_out else None,
         preset=args.preset,

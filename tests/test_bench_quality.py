@@ -100,17 +100,18 @@ def test_quality_benchmark_epoch_budget_grows_with_the_session(tmp_path) -> None
 
 
 def test_quality_benchmark_default_budget_is_the_recipes() -> None:
-    """Neither budget given: 300 passes (train.max_epochs of the small preset), 5,000
-    pre-training steps, in the API and on the command line."""
+    """Neither budget given: 300 passes (train.max_epochs of the small preset), pre-training
+    of 5,000 and 15,000 steps to choose between, in the API and on the command line."""
     from spikemask.cli import _parser
     from spikemask.config import load_config
 
     default = QualityConfig()
-    assert (default.epochs, default.steps, default.pretrain_steps) == (300, None, 5000)
+    assert (default.epochs, default.steps, default.pretrain_steps) == (300, None, (5000, 15000))
     assert default.budget() == ("train.max_epochs=300", "train.max_steps=null")
     assert load_config(preset="small").train.max_epochs == default.epochs
     args = _parser().parse_args(["bench", "quality", "d", "--out", "o"])
-    assert (args.steps, args.epochs, args.pretrain_steps) == (None, None, [5000])
+    assert (args.steps, args.epochs) == (None, None)
+    assert tuple(args.pretrain_steps) == default.pretrain_lengths == (5000, 15000)
     two = _parser().parse_args(
         ["bench", "quality", "d", "--out", "o", "--pretrain-steps", "5", "9"]
     )

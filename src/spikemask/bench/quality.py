@@ -66,8 +66,9 @@ DEFAULT_TASKS = ("co-smoothing", "forward-prediction", "inter-region", "intra-re
 #: The budget of each from-scratch model and fine-tuning when neither steps nor epochs is
 #: given: the recipe's ``train.max_epochs`` (BENCHMARKS.md section 7).
 DEFAULT_EPOCHS = 300
-#: Pre-training steps when not given (the budget of BENCHMARKS.md section 7's tables).
-DEFAULT_PRETRAIN_STEPS = 5000
+#: Pre-training lengths when not given: one pre-training of each, and each held-out session
+#: keeps the fine-tuning that is best on its validation split (BENCHMARKS.md section 7).
+DEFAULT_PRETRAIN_STEPS = (5000, 15000)
 #: Settings the benchmark makes itself (``--set`` may not change them), and the option to use.
 OWN_SETTINGS = {
     "train.max_steps": "--steps / --epochs / --pretrain-steps",
@@ -90,11 +91,11 @@ class QualityConfig:
             model and of each fine-tuning. A budget in passes grows with the session, as
             ``spikemask train``'s does. When neither is given: :data:`DEFAULT_EPOCHS` (300,
             the recipe's default).
-        pretrain_steps: Optimiser steps of each pre-training (on the other groups); default
-            5,000. Several lengths (a tuple): one pre-training per length, and each held-out
-            session keeps the fine-tuning that scores best on its validation split
-            (BENCHMARKS.md section 7: 15,000 steps helped the animals with large sessions
-            and hurt Cori, so the choice is made per session).
+        pretrain_steps: Optimiser steps of the pre-training (on the other groups), or several
+            lengths (a tuple): one pre-training per length, and each held-out session keeps
+            the fine-tuning that scores best on its validation split. Default (5000, 15000):
+            15,000 steps helped the animals with large sessions and hurt Cori, so the
+            length is chosen per session (BENCHMARKS.md section 7).
         held_out_by: Session metadata key that groups sessions (``subject`` = animal).
         held_out: Groups to hold out (default: every group, in turn).
         preset: Model / optimisation preset of every trained model.

@@ -50,11 +50,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--pretrain-steps",
         type=int,
         nargs="+",
-        default=[5000],
+        default=[5000, 15000],
         metavar="STEPS",
-        help="steps per pre-training (default 5000); several lengths: one pre-training each, "
-        "and each held-out session keeps the fine-tuning that scores best on its validation "
-        "split",
+        help="steps per pre-training; several lengths: one pre-training each, and each "
+        "held-out session keeps the fine-tuning that scores best on its validation split "
+        "(default 5000 15000)",
     )
     p.add_argument(
         "--held-out-by",

@@ -9,7 +9,9 @@
 #
 #   benchmarks/cpu/quality.sh OUT STEPS PRETRAIN_STEPS WORKERS "SEEDS" DATA_FOLDER...
 #
-# e.g. benchmarks/cpu/quality.sh bench/q 300ep 5000 2 "0 1 2" ../shared/data/steinmetz2019/*/
+# e.g. benchmarks/cpu/quality.sh bench/q 300ep "5000 15000" 2 "0 1 2" ../shared/data/steinmetz2019/*/
+# PRETRAIN_STEPS is one length or several in quotes (each held-out session keeps the best on
+# its validation split).
 # STEPS is a number of optimiser steps (2000) or of passes over each session's training
 # trials (300ep = --epochs 300).
 # With one seed the runs go into OUT; with several into OUT/seed-K. Extra `spikemask bench
@@ -26,7 +28,7 @@ job() {  # KIND SEED GROUP SESSION
   local kind=$1 seed=$2 group=$3 session=$4 dir=$OUT
   [ "$(wc -w <<<"$SEEDS")" -gt 1 ] && dir=$OUT/seed-$seed
   local log=$OUT/logs/$seed-$group-$session-$kind
-  bench() { python3 -m spikemask bench quality $DATA $BUDGET --pretrain-steps "$PRETRAIN" \
+  bench() { python3 -m spikemask bench quality $DATA $BUDGET --pretrain-steps $PRETRAIN \
     --held-out "$group" $BENCH_FLAGS "$@"; }
   case $kind in
     pretrain) bench --out "$dir" --seed "$seed" --parts pretrain >"$log.log" 2>&1 ;;
@@ -59,6 +61,6 @@ first=${seeds%% *}
     for pair in "${pairs[@]}"; do echo "finetune $seed $pair"; done
   done
 } | xargs -P "$workers" -L 1 bash -c 'job "$0" "$1" "$2" "$3"'
-python3 -m spikemask bench quality "$@" --out "$out" $budget --pretrain-steps "$pretrain" \
+python3 -m spikemask bench quality "$@" --out "$out" $budget --pretrain-steps $pretrain \
   --seed $seeds --table-only ${BENCH_FLAGS:-} >"$out/logs/table.log" 2>&1
 cat "$out/logs/table.log"

@@ -7,6 +7,9 @@
 #
 #   benchmarks/gpu/quality.sh OUT STEPS PRETRAIN_STEPS DATA_FOLDER...
 #
+# PRETRAIN_STEPS is one length or several in quotes ("5000 15000": one pre-training each,
+# and each held-out session keeps the fine-tuning that is best on its validation split).
+#
 # Extra `spikemask bench quality` flags go in $BENCH_FLAGS (e.g. "--set train.lr=5e-4").
 # Each process uses one CPU thread (OMP_NUM_THREADS=1) and the GPU when there is one.
 set -u
@@ -17,7 +20,7 @@ shift 3
 mkdir -p "$out/logs"
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 bench() { python3 -m spikemask bench quality "$@" --out "$out" $budget \
-  --pretrain-steps "$pretrain" ${BENCH_FLAGS:-}; }
+  --pretrain-steps $pretrain ${BENCH_FLAGS:-}; }
 # "group session" lines, from the sessions' own metadata
 mapfile -t pairs < <(python3 - "$@" <<'PY'
 import sys
@@ -42,5 +45,5 @@ for pair in "${pairs[@]}"; do
 done
 wait
 python3 -m spikemask bench quality "$@" --out "$out" $budget \
-  --pretrain-steps "$pretrain" --table-only ${BENCH_FLAGS:-} >"$out/logs/table.log" 2>&1
+  --pretrain-steps $pretrain --table-only ${BENCH_FLAGS:-} >"$out/logs/table.log" 2>&1
 cat "$out/logs/table.log"

@@ -67,6 +67,12 @@ def test_quality_benchmark_runs_every_model_on_every_held_out_session(tmp_path) 
     assert sorted(merged["models"]["linear"]["sessions"]) == ["s0", "s1", "s2"]
     assert sorted(merged["models"]["MtM pre-trained"]["sessions"]) == ["s0", "s1"]
     assert notes == ["s2 (bob): not finished, left out: MtM pre-trained"]
+    # a folder of one pre-training length, collected with two: the hint names the fix
+    notes.clear()
+    run_quality_benchmark(
+        _sessions(), tmp_path, replace(table_only, pretrain_steps=(4, 8)), log=notes.append
+    )
+    assert "collect it with that --pretrain-steps N" in notes[1]
 
 
 def test_quality_benchmark_epoch_budget_grows_with_the_session(tmp_path) -> None:

@@ -413,7 +413,7 @@ def validation_score(result: Mapping[str, Any]) -> float:
         entry[task]["bps"]
         for entry in result["sessions"].values()
         for task in ACTIVITY
-        if isinstance(entry.get(task), dict) and "bps" in entry[task]
+        if isinstance(entry.get(task), dict) and entry[task].get("bps") is not None
     ]
     if not values:
         raise SpikemaskError(
@@ -704,6 +704,12 @@ def _collect(bench: _Bench, group: str, sessions: list[Session]) -> None:
         if missing:
             bench.log(
                 f"{session.session_id} ({group}): not finished, left out: {', '.join(missing)}"
+            )
+        several = len(bench.config.pretrain_lengths) > 1
+        if several and "MtM pre-trained" in missing and (folder / "mtm-finetuned").is_dir():
+            bench.log(
+                f"  {folder} holds a fine-tuning from one pre-training length (mtm-finetuned); "
+                "collect it with that --pretrain-steps N"
             )
         bench.add_oracle(session, group)
 

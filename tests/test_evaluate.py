@@ -212,3 +212,20 @@ def test_cli_evaluate_writes_json_table_and_report(tmp_path, capsys, model, sess
     assert "| mean | mtm |" in capsys.readouterr().out
     code = main(["evaluate", str(run), "--out", str(out), "--tasks", "bogus"])
     assert code == 2 and "unknown task(s) ['bogus']" in capsys.readouterr().err
+
+    # runs compared on the validation split: their scores as `bench quality` chooses
+    from spikemask.bench.quality import validation_score
+
+    other = tmp_path / "other"
+    save_checkpoint(other / "checkpoints" / "best", model.checkpoint)
+    code = main(["evaluate", str(run), data[0], "--compare", str(other), "--split", "val",
+                 "--baseline", "linear", "--tasks", "co-smoothing", "--out", str(out),
+                 "--quiet"])  # fmt: skip
+    printed = capsys.readouterr().out
+    results = json.loads(out.read_text())
+    score = validation_score(results)
+    assert code == 0 and results["split"] == "val"
+    assert (
+        "validation score (mean per-unit bits per spike over the activity tasks): "
+        f"mtm {score:+.4f}, other {score:+.4f}; highest: mtm"
+    ) in printed

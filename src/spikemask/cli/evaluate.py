@@ -180,11 +180,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(table)
     if "balanced_accuracy" in table.splitlines()[0]:
         print(f"\n{LABEL_LEGEND}")
+    if args.split == "val" and len(args.compare) > 0:
+        print(f"\n{_validation_scores(results, len(args.compare) + 1)}")
     print(f"\nresults        {args.out}")
     if args.report:
         predictions = {name: e.predictions for name, e in evaluations.items()}
         print(f"report         {write_report(results, args.report, predictions=predictions)}")
     return 0
+
+
+def _validation_scores(results: dict, num_runs: int) -> str:
+    """The runs' validation scores (as ``bench quality`` chooses a fine-tuning) and the best."""
+    from spikemask.bench.quality import validation_score
+    from spikemask.errors import SpikemaskError
+
+    scores = {}
+    for name in list(results)[:num_runs]:  # the runs; the baselines come after them
+        try:
+            scores[name] = validation_score(results[name])
+        except SpikemaskError:
+            return "validation score: no activity task evaluated"
+    best = max(scores, key=scores.get)
+    listed = ", ".join(f"{name} {score:+.4f}" for name, score in scores.items())
+    return (
+        f"validation score (mean per-unit bits per spike over the activity tasks): {listed}; "
+        f"highest: {best}"
+    )
 
 
 COMMANDS = {"evaluate": cmd_evaluate}

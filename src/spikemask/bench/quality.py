@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from spikemask.bench.quality_report import mean_over_seeds, plot_quality, quality_table
+from spikemask.bench.quality_report import ACTIVITY, mean_over_seeds, plot_quality, quality_table
 from spikemask.config import RunConfig, load_config
 from spikemask.data.session import Session
 from spikemask.errors import SpikemaskError
@@ -407,8 +407,6 @@ def validation_score(result: Mapping[str, Any]) -> float:
     Raises:
         SpikemaskError: The evaluation has no activity task.
     """
-    from spikemask.bench.quality_report import ACTIVITY
-
     values = [
         entry[task]["bps"]
         for entry in result["sessions"].values()

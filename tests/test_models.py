@@ -449,6 +449,25 @@ def test_cpu_dropout_masks_drop_the_right_share_and_keep_the_mean():
     assert torch.equal(x.grad, torch.where(out != 0, 2.0, 0.0))
 
 
+def test_scaled_keep_mask_equals_the_converted_mask_times_the_scale_bit_for_bit():
+    """The in-place 16-bit multiplier (the fast path for bf16 / fp16) must be exactly the
+    mask of keep_mask, converted and scaled: same draws, same kept entries, same values."""
+    from spikemask.models.dropout import keep_mask, scaled_keep_mask
+
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for p in (0.0, 1e-6, 0.05, 0.1, 0.3, 0.5, 0.99, 1.0):
+            for shape in ((16, 4, 9, 9), (5, 7, 3), (1,)):
+                torch.manual_seed(11)
+                keep, scale = keep_mask(shape, p)
+                expected = keep.to(dtype) * scale
+                torch.manual_seed(11)
+                got = scaled_keep_mask(shape, p, dtype)
+                assert got.dtype == dtype and got.shape == expected.shape
+                # bit patterns, so that +0 / -0 and rounding of the scale count too
+                width = torch.int16 if dtype.itemsize == 2 else torch.int32
+                assert torch.equal(got.view(width), expected.view(width)), (dtype, p, shape)
+
+
 def test_math_attention_equals_sdpa_without_dropout():
     from spikemask.models.layers import _math_attention
 
@@ -460,6 +479,39 @@ def test_math_attention_equals_sdpa_without_dropout():
             _math_attention(q, k, v, mask, 0.0),
             F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
         )
+
+
+def test_math_attention_is_bit_for_bit_the_plain_formula_forward_and_backward():
+    """The written-out attention casts and lays out q / k in one copy and adds the causal
+    mask inside the matmul; outputs and gradients must equal the plain formula exactly
+    (fp32 scores of the bf16 inputs, masked_fill, softmax, weights in the input dtype)."""
+    import math
+
+    from spikemask.models.layers import _math_attention
+
+    def plain(query, key, value, allowed):
+        scale = 1.0 / math.sqrt(query.shape[-1])
+        scores = (query.float() * scale) @ key.float().transpose(-2, -1)
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        return scores.softmax(dim=-1).to(value.dtype) @ value
+
+    torch.manual_seed(0)
+    allowed = torch.ones(9, 9, dtype=torch.bool).tril()
+    allowed[:, :2] = True
+    for dtype in (torch.bfloat16, torch.float32):
+        for head_width in (8, 6):
+            qkv = torch.randn(3, 9, 3, 2, head_width, dtype=dtype)
+            # heads permuted out of one projection, as SelfAttention makes them
+            q, k, v = (t.requires_grad_() for t in qkv.permute(2, 0, 3, 1, 4).unbind(0))
+            for mask in (None, allowed):
+                ours = _math_attention(q, k, v, mask, 0.0)
+                ref = plain(q, k, v, mask)
+                assert torch.equal(ours, ref), (dtype, head_width, mask is None)
+                g_ours = torch.autograd.grad(ours.float().square().sum(), (q, k, v))
+                g_ref = torch.autograd.grad(ref.float().square().sum(), (q, k, v))
+                for a, b in zip(g_ours, g_ref, strict=True):
+                    assert torch.equal(a, b), (dtype, head_width, mask is None)
 
 
 def test_cpu_dropout_choice_changes_masks_not_the_model():

@@ -135,6 +135,10 @@ class TrainConfig:
         accelerator / devices / num_nodes / strategy: Passed to Lightning's Trainer.
         compile: ``torch.compile`` the shared encoder (pays off on GPUs at large batches;
             the first steps are slower while it compiles).
+        fused_adamw: Use torch's fused AdamW (one kernel per parameter). ``None`` = where
+            every parameter is on CUDA or every one is on the CPU, except under ``16-mixed``
+            (:func:`spikemask.training.module.use_fused_adamw`); ``False`` = torch's default
+            (``foreach``) AdamW, the same update up to float rounding.
         accumulate_grad_batches: Batches whose gradients add up to one optimiser step (an
             effective batch of ``accumulate_grad_batches * data.batch_size`` trials).
         select_by: Which validation keeps the ``best`` checkpoint: the lowest ``val_loss``
@@ -177,6 +181,7 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     compile: bool = False
+    fused_adamw: bool | None = None
     accumulate_grad_batches: int = 1
     select_by: str = "val_loss"
     val_every_n_steps: int | None = 100

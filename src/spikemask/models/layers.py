@@ -174,12 +174,22 @@ def _math_attention(
     The scores and the softmax are computed in fp32 whatever the input dtype (as SDPA's
     CPU math path does for bf16); the weights meet ``value`` in its own dtype.
     """
-    scale = 1.0 / math.sqrt(query.shape[-1])
+    *batch, tokens, head_width = query.shape
+    scale = 1.0 / math.sqrt(head_width)
     with torch.autocast(query.device.type, enabled=False):  # autocast would make it bf16
-        scores = (query.float() * scale) @ key.float().transpose(-2, -1)
-    if attn_allowed is not None:
-        scores = scores.masked_fill(~attn_allowed, float("-inf"))
-    weights = scores.softmax(dim=-1).to(value.dtype)
+        # (the heads come permuted out of the qkv projection: cast and lay out in one copy)
+        contiguous = torch.contiguous_format
+        q = query.to(torch.float32, memory_format=contiguous, copy=True).mul_(scale)
+        q = q.view(-1, tokens, head_width)
+        k = key.to(torch.float32, memory_format=contiguous).reshape(-1, tokens, head_width)
+        k = k.transpose(-2, -1)
+        if attn_allowed is None:
+            scores = torch.bmm(q, k)
+        else:  # the mask as a -inf bias added inside the matmul: no pass of its own
+            bias = torch.zeros(attn_allowed.shape, dtype=q.dtype, device=q.device)
+            bias.masked_fill_(~attn_allowed, float("-inf"))
+            scores = torch.baddbmm(bias.expand(q.shape[0], -1, -1), q, k)
+    weights = scores.view(*batch, tokens, tokens).softmax(dim=-1).to(value.dtype)
     return dropout(weights, p, training=True) @ value
 
 

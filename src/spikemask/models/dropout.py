@@ -13,6 +13,8 @@ draws the same masks. Other devices use torch's own dropout (fast there).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -54,9 +56,7 @@ def scaled_keep_mask(shape: torch.Size | tuple[int, ...], p: float, dtype: torch
     its complement, masked with the bits of the scale, is the scale where kept and +0 where
     dropped (3-4x cheaper than comparing and converting, on a Xeon with AMX).
     """
-    count = 1
-    for size in shape:
-        count *= int(size)
+    count = math.prod(int(size) for size in shape)
     threshold = min(max(round(p * _LEVELS), 0), _LEVELS)
     if dtype.itemsize != 2 or not dtype.is_floating_point or threshold == _LEVELS:
         keep, scale = keep_mask(shape, p)

@@ -19,15 +19,12 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from spikemask.bench.speed import synthetic_session
+from spikemask.bench.speed import step_inputs, synthetic_session
 from spikemask.config import load_config
-from spikemask.masking import SCHEMES
-from spikemask.models import build_model
-from spikemask.training.module import MtMModule, adamw, step_generator
+from spikemask.training.module import adamw, step_generator
 from spikemask.training.speed import resolve_precision
 
 
@@ -44,20 +41,16 @@ def main() -> None:
     config = load_config(preset=args.preset, sets=args.set)
     precision = resolve_precision(config.train.precision, "cpu")
     session = synthetic_session(668, 100, 64, seed=0)
-    model = build_model(
-        config.model, sessions={session.session_id: session.num_units}, num_prompts=len(SCHEMES)
-    )
-    module = MtMModule(model, masking=config.masking, train=config.train).train()
+    module, batch = step_inputs(config, session, 16)
+    module.train()
     optimizer = adamw(
-        list(model.parameters()),
+        list(module.model.parameters()),
         lr=config.train.lr,
         weight_decay=config.train.weight_decay,
         precision=precision,
         fused=config.train.fused_adamw,
     )
-    spikes = torch.from_numpy(session.split("train").spikes[:16].astype(np.float32))
-    region_ids = torch.arange(session.num_units) % 4
-    batch = {"spikes": spikes, "session_id": session.session_id, "region_ids": region_ids}
+    spikes, region_ids = batch["spikes"], batch["region_ids"]
     generator = step_generator(0)
     bf16 = precision == "bf16-mixed"
 

@@ -155,6 +155,28 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, *, repeats:
     return 2.0 * size**3 / best
 
 
+def step_inputs(config: RunConfig, session: Session, num_trials: int) -> tuple[Any, dict]:
+    """A fresh MtM training module of ``config`` for ``session`` and a batch of its first
+    ``num_trials`` training trials (units in 4 regions by index), as one training step
+    takes them: ``module._loss_terms(batch, module.mixture.sample(...))``."""
+    from spikemask.masking import SCHEMES
+    from spikemask.models import build_model
+    from spikemask.training.module import MtMModule
+
+    model = build_model(
+        config.model, sessions={session.session_id: session.num_units}, num_prompts=len(SCHEMES)
+    )
+    module = MtMModule(model, masking=config.masking, train=config.train)
+    spikes = session.split("train").spikes[:num_trials].astype(np.float32)  # (B, T, N)
+    region_ids = torch.arange(session.num_units) % 4
+    batch = {
+        "spikes": torch.from_numpy(spikes),
+        "session_id": session.session_id,
+        "region_ids": region_ids,
+    }
+    return module, batch
+
+
 def count_step_flops(config: RunConfig, session: Session, batch_size: int) -> float:
     """FLOPs of one training step of ``batch_size`` trials: forward and backward of the
     model, counted by ``torch.utils.flop_counter.FlopCounterMode`` on one trial on the CPU
@@ -162,20 +184,12 @@ def count_step_flops(config: RunConfig, session: Session, batch_size: int) -> fl
     does not depend on the device or precision)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from spikemask.masking import SCHEMES
-    from spikemask.models import build_model
-    from spikemask.training.module import MtMModule, step_generator
+    from spikemask.training.module import step_generator
 
-    model = build_model(
-        config.model, sessions={session.session_id: session.num_units}, num_prompts=len(SCHEMES)
-    )
-    module = MtMModule(model, masking=config.masking, train=config.train)
-    spikes = torch.from_numpy(session.split("train").spikes[:1].astype(np.float32))  # (1, T, N)
-    region_ids = torch.arange(session.num_units) % 4
+    module, batch = step_inputs(config, session, 1)
     spec = module.mixture.sample(
-        tuple(spikes.shape), generator=step_generator(0), region_ids=region_ids
+        tuple(batch["spikes"].shape), generator=step_generator(0), region_ids=batch["region_ids"]
     )
-    batch = {"spikes": spikes, "session_id": session.session_id, "region_ids": region_ids}
     with FlopCounterMode(display=False) as counter:
         total, _ = module._loss_terms(batch, spec)
         total.backward()

@@ -347,7 +347,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:  # noqa: C901 - one branc
                 return _coerce(value, arg, where)
             except SpikemaskError as err:
                 errors.append(str(err))
-        raise SpikemaskError(errors[0] if errors else f"{where}: bad value {value!r}")
+        message = errors[0] if errors else f"{where}: bad value {value!r}"
+        if type(None) in args:  # "expected an integer, got 'x'" -> "... or null, got 'x'"
+            message = message.replace("true or false,", "true, false,", 1)
+            message = message.replace(", got ", " or null, got ", 1)
+        raise SpikemaskError(message)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise SpikemaskError(f"{where}: expected a list, got {value!r}")

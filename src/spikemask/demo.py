@@ -19,7 +19,8 @@ __all__ = ["run_demo"]
 
 MODELS = (("NDT1 temporal", "temporal", "temporal"), ("NDT1 MtM", "mtm", "mtm-temporal"))
 DEFAULT_STEPS = 2000
-"""Optimiser steps of each demo model (about 4-6 minutes each on 2 CPU cores)."""
+"""Optimiser steps of each demo model (about 1-1.5 minutes each on 2 idle CPU cores with
+bf16: BENCHMARKS.md §1)."""
 
 
 def _say(message: str) -> None:

@@ -78,6 +78,31 @@ def test_readout_penalty_shrinks_the_read_out_of_a_trained_model(tmp_path) -> No
     assert norms[100.0] < 0.5 * norms[0.0]
 
 
+def test_readout_l2_trials_scales_the_penalty_inversely_with_the_training_trials() -> None:
+    module, _ = _module(0.5)
+    assert module.readout_l2_scale(40) == 1.0  # off by default: the same for every session
+    module.train_config = RunConfig.from_dict({"train": {"readout_l2_trials": 200}}).train
+    assert module.readout_l2_scale(200) == 1.0
+    assert module.readout_l2_scale(80) == pytest.approx(2.5)
+    assert module.readout_l2_scale(400) == pytest.approx(0.5)
+
+
+def test_readout_l2_trials_shrinks_a_small_session_harder(tmp_path) -> None:
+    session = make_session(num_units=13, trials=(24, 6, 6), rate=0.6)
+    norms = {}
+    for reference in (24, 2400):  # the penalty as is, and 100x the penalty
+        sets = [
+            *TINY,
+            "train.max_steps=30",
+            "train.readout_l2=1",
+            f"train.readout_l2_trials={reference}",
+        ]
+        run = train([session], tmp_path / f"k{reference}", config=load_config(sets=sets)).run_dir
+        weights = load_file(run / "checkpoints" / "last" / "model.safetensors")
+        norms[reference] = float(weights["session_adapters.0.read_out.weight"].norm())
+    assert norms[2400] < 0.5 * norms[24]
+
+
 def test_ema_checkpoints_hold_the_average_and_a_resumed_run_keeps_it(tmp_path) -> None:
     session = make_session(num_units=13, trials=(24, 6, 6), rate=0.6)
     sets = [*TINY, "train.max_steps=24", "train.max_epochs=null"]

@@ -109,6 +109,12 @@ class TrainConfig:
             Poisson NLL per scored entry, plus the same penalty on the drift of the unit's
             read-out bias from its log mean training rate. It shrinks units with few spikes
             towards their mean rate. 0 turns it off.
+        readout_l2_trials: ``None`` (default) = ``readout_l2`` for every session. A number
+            K₀ = ``readout_l2`` holds for a session of K₀ training trials and a session of
+            K trials gets ``readout_l2 * K₀ / K``: the same prior against the Poisson NLL
+            summed over the training trials, so small sessions are shrunk harder and large
+            ones less (the loss is a mean over entries, which otherwise keeps the penalty's
+            weight the same whatever the amount of data).
         ema_decay: Decay of an exponential moving average of the weights (0 = off). When
             on, validation, model selection and the saved checkpoints use the averaged
             weights; the average starts as the plain weights (decay warms up as
@@ -168,6 +174,7 @@ class TrainConfig:
     weight_decay_scope: str = "all"
     finetune_weight_decay: float | None = 0.3
     readout_l2: float = 0.01
+    readout_l2_trials: int | None = None
     ema_decay: float = 0.0
     warmup_fraction: float = 0.15
     shared_lr_scale: float = 2.0
@@ -220,7 +227,12 @@ class TrainConfig:
         _check_positive("train.num_nodes", self.num_nodes)
         _check_positive("train.log_every_n_steps", self.log_every_n_steps)
         _check_positive("train.accumulate_grad_batches", self.accumulate_grad_batches)
-        for name in ("checkpoint_every_n_steps", "checkpoint_every_minutes", "val_every_n_steps"):
+        for name in (
+            "checkpoint_every_n_steps",
+            "checkpoint_every_minutes",
+            "val_every_n_steps",
+            "readout_l2_trials",
+        ):
             if getattr(self, name) is not None:
                 _check_positive(f"train.{name}", getattr(self, name))
         if self.num_threads is not None:

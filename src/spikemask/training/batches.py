@@ -180,7 +180,8 @@ class SessionTrialsDataset(Dataset):
     training module makes them float32 on the device), ``session_id``, ``region_ids`` (N,)
     int64, ``null_log_rates`` (N,) float32 (log of each unit's mean count per bin in
     ``reference`` trials: the per-unit mean-rate model validation losses are compared with),
-    and the global-batch bookkeeping ``offset``, ``global_size``, ``batch_id``.
+    ``num_trials`` (the session's number of trials here), and the global-batch bookkeeping
+    ``offset``, ``global_size``, ``batch_id``.
     """
 
     def __init__(
@@ -229,6 +230,7 @@ class SessionTrialsDataset(Dataset):
             "session_id": self.session_ids[key.session],
             "region_ids": self.region_ids[key.session],
             "null_log_rates": self.null_log_rates[key.session],
+            "num_trials": self.trial_sets[key.session].num_trials,
             "offset": key.offset,
             "global_size": key.global_size,
             "batch_id": key.batch_id,

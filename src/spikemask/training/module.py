@@ -239,7 +239,8 @@ class MtMModule(L.LightningModule):
         loss = total * world / global_scored.clamp_min(1)
         if self.train_config.readout_l2 > 0:
             # identical on every rank, so DDP's average keeps it as it is
-            loss = loss + self.readout_penalty(batch["session_id"], batch["null_log_rates"])
+            penalty = self.readout_penalty(batch["session_id"], batch["null_log_rates"])
+            loss = loss + penalty * self.readout_l2_scale(batch.get("num_trials"))
         self.log(
             "train_loss",
             total.detach() / global_scored.clamp_min(1),
@@ -256,6 +257,16 @@ class MtMModule(L.LightningModule):
             batch_size=int(batch["global_size"]),
         )
         return loss
+
+    def readout_l2_scale(self, num_trials: int | None) -> float:
+        """Factor on the read-out penalty of a session with ``num_trials`` training trials:
+        ``readout_l2_trials / num_trials`` when ``train.readout_l2_trials`` is set (a fixed
+        prior against the NLL summed over the session's trials, which the mean NLL of the
+        loss turns into a penalty that grows as the session shrinks), else 1."""
+        reference = self.train_config.readout_l2_trials
+        if reference is None or not num_trials:
+            return 1.0
+        return reference / int(num_trials)
 
     def readout_penalty(self, session_id: str, mean_log_rates: torch.Tensor) -> torch.Tensor:
         """``readout_l2 / 2 * mean_n (|w_n|^2 + (b_n - m_n)^2)`` over the session's units.

@@ -110,6 +110,7 @@ def table(rows: list[dict]) -> str:
 
 
 def figure(rows: list[dict], path: Path) -> None:
+    """Each model's lead over the linear baseline against the training trials."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,26 +118,31 @@ def figure(rows: list[dict], path: Path) -> None:
 
     sessions = sorted({r["session"] for r in rows})
     fig, axes = plt.subplots(2, len(TASKS), figsize=(4 * len(TASKS), 6.5), squeeze=False)
-    colors = {"mtm": "C0", "finetuned": "C2", "linear": "C1"}
+    colors = {"mtm": "C0", "finetuned": "C2"}
     for col, task in enumerate(TASKS):
         for row_index, (label, k) in enumerate((("per unit", 0), ("pooled", 1))):
             ax = axes[row_index, col]
+            ax.axhline(0.0, color="C1", lw=1.5)
             for session in sessions:
-                mine = sorted((r for r in rows if r["session"] == session),
-                              key=lambda r: r["train_trials"])  # fmt: skip
+                mine = [r for r in rows if r["session"] == session and "linear" in r]
+                mine.sort(key=lambda r: r["train_trials"])
                 x = [r["train_trials"] for r in mine]
                 for model, color in colors.items():
-                    if all(model in r for r in mine):
-                        y = [r[model][task][k] for r in mine]
+                    if mine and all(model in r for r in mine):
+                        y = [r[model][task][k] - r["linear"][task][k] for r in mine]
                         ax.plot(x, y, "-o", color=color, ms=3, alpha=0.7)
             ax.set_title(f"{task.replace('_', ' ')}, {label}", fontsize=9)
             ax.set_xlabel("training trials")
             if col == 0:
-                ax.set_ylabel("bits per spike")
-    handles = [plt.Line2D([], [], color=c, marker="o", label=m) for m, c in colors.items()]
-    fig.legend(handles=handles, loc="upper right", fontsize=8)
-    fig.suptitle("MtM vs linear baseline by number of training trials (one line per session)")
-    fig.tight_layout()
+                ax.set_ylabel("bits per spike minus the linear baseline's")
+    handles = [
+        plt.Line2D([], [], color="C0", marker="o", label="MtM from scratch"),
+        plt.Line2D([], [], color="C2", marker="o", label="MtM pre-trained, fine-tuned"),
+        plt.Line2D([], [], color="C1", label="linear baseline (0)"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8)
+    fig.suptitle("Lead over the linear baseline by number of training trials (a line per session)")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

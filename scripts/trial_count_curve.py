@@ -32,10 +32,12 @@ import numpy as np
 from spikemask.config import load_config
 from spikemask.data.loading import load_session
 from spikemask.data.session import Session
+from spikemask.errors import SpikemaskError
 from spikemask.evaluation.evaluate import evaluate, evaluate_linear_baseline
+from spikemask.evaluation.tasks import ACTIVITY_TASKS
 
-TASKS = ("co_smoothing", "forward_prediction", "inter_region", "intra_region")
-TASK_ARGS = ["co-smoothing", "forward-prediction", "inter-region", "intra-region"]
+TASK_ARGS = list(ACTIVITY_TASKS)  # the four activity tasks, as evaluate() names them
+TASKS = tuple(key for key, _, _ in ACTIVITY_TASKS.values())  # their result keys
 
 
 def subsample(session: Session, count: int, seed: int) -> Session:
@@ -159,6 +161,8 @@ def main() -> None:
     parser.add_argument("--skip-linear", action="store_true", help="no linear baseline rows")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
+    if any(count < 0 for count in args.trials):
+        parser.error(f"--trials {args.trials}: expected counts >= 0 (0 = all training trials)")
     folder = args.out / "rows"
     folder.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
@@ -183,4 +187,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SpikemaskError as err:  # a user's mistake: one message, no traceback
+        raise SystemExit(f"trial_count_curve.py: error: {err}") from None

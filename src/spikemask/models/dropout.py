@@ -38,9 +38,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[Tensor, fl
         ``(keep, scale)``: bool tensor (True = kept) and ``1 / (1 - p')`` where ``p'`` is
         ``p`` rounded to a multiple of 1/32768.
     """
-    count = 1
-    for size in shape:
-        count *= int(size)
+    count = math.prod(int(size) for size in shape)
     threshold = _threshold(p)
     if threshold == _LEVELS:  # (2**15 does not fit the int16 pieces)
         return torch.zeros(shape, dtype=torch.bool), 0.0

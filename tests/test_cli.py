@@ -153,3 +153,19 @@ def test_train_keeps_stdout_for_results(tmp_path, capfd):
     assert out.splitlines()[0].startswith("run folder") and "\r" not in out
     assert "Epoch" in err  # the progress bar draws on stderr
     assert "GPU available" not in out + err and "TPU available" not in out + err
+
+
+@pytest.mark.filterwarnings("default::spikemask.errors.SpikemaskWarning")  # as outside pytest
+def test_train_on_few_trials_prints_one_warning_line(tmp_path, capfd):
+    from conftest import TINY_MODEL
+
+    folder = write_session(make_session(session_id="small"), tmp_path / "ds")  # 9 train trials
+    sets = [a for s in [*TINY_MODEL, "train.tensorboard=false"] for a in ("--set", s)]
+    code = main(["train", str(folder), "--out", str(tmp_path / "r"), "--max-steps", "1", "--quiet",
+                 *sets])  # fmt: skip
+    err = capfd.readouterr().err
+    assert code == 0
+    warning = [line for line in err.splitlines() if "few training trials" in line]
+    assert len(warning) == 1
+    assert warning[0].startswith("spikemask train: warning: few training trials: small (9);")
+    assert "spikemask finetune" in warning[0] and "Traceback" not in err and ".py:" not in err

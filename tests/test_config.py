@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spikemask.config import RunConfig, load_config, parse_set_options, run_preset
+from spikemask.config import RunConfig, _coerce, load_config, parse_set_options, run_preset
 from spikemask.errors import SpikemaskError
 
 
@@ -52,6 +52,23 @@ def test_round_trip_through_a_dict():
 def test_bad_overrides(sets, message):
     with pytest.raises(SpikemaskError, match=message):
         load_config(sets=sets)
+
+
+@pytest.mark.parametrize(
+    ("value", "hint", "message"),
+    [
+        ("x", int | None, "k: expected an integer or null, got 'x'"),
+        ("q", int | float | None, "k: expected an integer, a number or null, got 'q'"),
+        (3, tuple[str, ...] | None, "k: expected a list or null, got 3"),
+        ([1, "a"], tuple[int, ...] | None, "k: expected an integer, got 'a'"),
+        ({"a": "b"}, dict[str, float], "k: expected a number, got 'b'"),
+    ],
+)
+def test_type_errors_name_every_accepted_kind(value, hint, message):
+    # a union names all its kinds; a bad item of a list is reported as the item, not the list
+    with pytest.raises(SpikemaskError) as info:
+        _coerce(value, hint, "k")
+    assert str(info.value) == message
 
 
 def test_yaml_errors(tmp_path):

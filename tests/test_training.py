@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import lightning as L
 import numpy as np
@@ -458,3 +459,17 @@ def test_one_cycle_schedule_shape():
     assert by_steps(50) == 0.25 and by_steps(400) == 1.0
     by_time = schedule_progress(total_steps=float("inf"), budget_s=1e-9)
     assert by_time(3) == 1.0  # the time budget is already spent
+
+
+def test_few_training_trials_warn_only_when_every_session_is_small(tmp_path):
+    from spikemask.errors import SpikemaskWarning
+    from spikemask.training.run import FEW_TRIALS, _warn_if_few_trials
+
+    small = make_session(session_id="a", trials=(FEW_TRIALS - 1, 2, 2))
+    enough = make_session(session_id="b", trials=(FEW_TRIALS, 2, 2))
+    with pytest.warns(SpikemaskWarning, match=rf"few training trials: a \({FEW_TRIALS - 1}\)"):
+        _warn_if_few_trials([small])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_few_trials([enough])
+        _warn_if_few_trials([small, enough])  # pre-training: the larger session carries it

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from spikemask.errors import SpikemaskError
+from spikemask.errors import SpikemaskError, SpikemaskWarning
 
 __version__ = "0.1.0"
 
@@ -31,7 +31,7 @@ _LAZY = {
     "evaluate": ("spikemask.evaluation.evaluate", "evaluate"),
 }
 
-__all__ = ["SpikemaskError", "__version__", *_LAZY]
+__all__ = ["SpikemaskError", "SpikemaskWarning", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

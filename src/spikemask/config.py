@@ -347,42 +347,52 @@ def apply_overrides(obj: Any, values: dict[str, Any], *, where: str) -> Any:
         raise SpikemaskError(f"{where}: {err}") from None
 
 
+class _Mismatch(SpikemaskError):
+    """A value of the wrong type; ``expected`` lists the accepted kinds, so that a union
+    (``int | None``) can name all of them in one message."""
+
+    def __init__(self, where: str, expected: list[str], value: Any) -> None:
+        self.expected = expected
+        kinds = expected[-1]
+        if len(expected) > 1:
+            kinds = f"{', '.join(expected[:-1])} or {kinds}"
+        super().__init__(f"{where}: expected {kinds}, got {value!r}")
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:  # noqa: C901 - one branch per type kind
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
+        expected: list[str] = []
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, arg, where)
-            except SpikemaskError as err:
-                errors.append(str(err))
-        message = errors[0] if errors else f"{where}: bad value {value!r}"
-        if type(None) in args:  # "expected an integer, got 'x'" -> "... or null, got 'x'"
-            message = message.replace("true or false,", "true, false,", 1)
-            message = message.replace(", got ", " or null, got ", 1)
-        raise SpikemaskError(message)
+            except _Mismatch as err:
+                expected.extend(err.expected)
+        if type(None) in args:
+            expected.append("null")
+        raise _Mismatch(where, expected, value)
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise SpikemaskError(f"{where}: expected a list, got {value!r}")
+            raise _Mismatch(where, ["a list"], value)
         item = args[0] if args else Any
-        return tuple(_coerce(v, item, where) for v in value)
+        return tuple(_coerce_item(v, item, where) for v in value)
     if origin is dict:
         if not isinstance(value, dict):
-            raise SpikemaskError(f"{where}: expected a mapping, got {value!r}")
-        return {str(k): _coerce(v, args[1], where) for k, v in value.items()}
+            raise _Mismatch(where, ["a mapping"], value)
+        return {str(k): _coerce_item(v, args[1], where) for k, v in value.items()}
     if hint is Any:
         return value
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise SpikemaskError(f"{where}: expected true or false, got {value!r}")
+        raise _Mismatch(where, ["true", "false"], value)
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise SpikemaskError(f"{where}: expected an integer, got {value!r}")
+        raise _Mismatch(where, ["an integer"], value)
     if hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
@@ -391,12 +401,21 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:  # noqa: C901 - one branc
                 return float(value)
             except ValueError:
                 pass
-        raise SpikemaskError(f"{where}: expected a number, got {value!r}")
+        raise _Mismatch(where, ["a number"], value)
     if hint is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
-        raise SpikemaskError(f"{where}: expected a string, got {value!r}")
+        raise _Mismatch(where, ["a string"], value)
     return value
+
+
+def _coerce_item(value: Any, hint: Any, where: str) -> Any:
+    """An item of a list or mapping: its type error is final (a union around the container
+    must not restate it as the container's)."""
+    try:
+        return _coerce(value, hint, where)
+    except _Mismatch as err:
+        raise SpikemaskError(str(err)) from None
 
 
 def _check_positive(name: str, value: float) -> None:

@@ -8,8 +8,13 @@ without a traceback; anything else escaping is a bug in spikemask.
 
 from __future__ import annotations
 
-__all__ = ["SpikemaskError"]
+__all__ = ["SpikemaskError", "SpikemaskWarning"]
 
 
 class SpikemaskError(ValueError):
     """A user-facing error: bad input, bad configuration, or an unusable file."""
+
+
+class SpikemaskWarning(UserWarning):
+    """Advice about a request that works but is unlikely to give what the user wants (the
+    CLI prints it as one ``warning:`` line)."""

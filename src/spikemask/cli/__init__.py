@@ -17,7 +17,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from spikemask.errors import SpikemaskError
+from spikemask.errors import SpikemaskError, SpikemaskWarning
 
 __all__ = ["main"]
 
@@ -86,7 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handler = _commands()[args.command]
     try:
-        return handler(args)
+        with warnings.catch_warnings():  # restores the warning printer after the command
+            _print_advice_as_one_line(args.command)
+            return handler(args)
     except SpikemaskError as err:
         print(f"spikemask {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -99,6 +101,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(err, RunInterrupted):
             raise
         return _interrupted(args.command, err, sys.argv[1:] if argv is None else list(argv))
+
+
+def _print_advice_as_one_line(command: str) -> None:
+    """Print a :class:`SpikemaskWarning` as ``spikemask COMMAND: warning: ...`` (no file and
+    line number); other warnings keep Python's format."""
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, SpikemaskWarning):
+            print(f"spikemask {command}: warning: {message}", file=sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def _interrupted(command: str, err, argv: list[str]) -> int:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spikemask.errors import SpikemaskWarning
+
 __all__ = ["cache_dir", "load_counts", "release_pages", "store_counts"]
 
 _FORMAT_VERSION = "1"
@@ -74,7 +76,7 @@ def store_counts(path: Path, counts: np.ndarray) -> None:
             np.save(handle, np.ascontiguousarray(counts), allow_pickle=False)
         os.replace(tmp, entry)
     except OSError as err:
-        warnings.warn(f"spikemask: spike-count cache not written ({err})", stacklevel=2)
+        warnings.warn(f"spike-count cache not written ({err})", SpikemaskWarning, stacklevel=2)
 
 
 def release_pages(counts: np.ndarray) -> bool:

@@ -42,7 +42,7 @@ from spikemask.data.cache import release_pages
 from spikemask.data.loading import load_sessions
 from spikemask.data.regions import RegionVocabulary
 from spikemask.data.session import Session
-from spikemask.errors import SpikemaskError
+from spikemask.errors import SpikemaskError, SpikemaskWarning
 from spikemask.masking import SCHEMES
 from spikemask.models import build_model
 from spikemask.training.batches import (
@@ -385,6 +385,7 @@ def train(
 
     config = config or run_preset("small")
     sessions = _as_sessions(data, config)
+    _warn_if_few_trials(sessions)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     regions = RegionVocabulary.from_sessions(sessions)
     model = build_model(
@@ -407,6 +408,29 @@ def train(
         record=record,
         resume=resume,
         callbacks=callbacks,
+    )
+
+
+FEW_TRIALS = 120
+"""Below this many training trials in every session, training from scratch is advised against:
+on the Steinmetz sessions (BENCHMARKS.md §7, the trial-count curve) MtM from scratch beats
+the linear baseline pooled on 5 of 5 sessions with all their trials (176-313), on 1 to 4 of
+5 with 120 (depending on which trials) and on at most 1 of 5 with 80; a model pre-trained
+on other animals and fine-tuned is ahead on 4 of 4 with 120."""
+
+
+def _warn_if_few_trials(sessions: Sequence[Session]) -> None:
+    counts = {s.session_id: s.split("train").num_trials for s in sessions}
+    if not counts or max(counts.values()) >= FEW_TRIALS:
+        return
+    listed = ", ".join(f"{sid} ({n})" for sid, n in counts.items())
+    warnings.warn(
+        f"few training trials: {listed}; below about {FEW_TRIALS} a model trained from "
+        "scratch tends to predict worse than the linear baseline (BENCHMARKS.md §7). "
+        "Fine-tuning a model pre-trained on other sessions does better: spikemask finetune "
+        "PRETRAINED_RUN DATA --out OUT",
+        SpikemaskWarning,
+        stacklevel=3,
     )
 
 

@@ -10,11 +10,13 @@ on them, and scores the four activity tasks on an untouched split (validation by
 default)::
 
     python scripts/trial_count_curve.py DATA... --out OUT [--trials 80 120 0] \\
-        [--pretrained RUN] [--split val] [--seed 0] [--set KEY=VALUE ...]
+        [--pretrained RUN [--finetune-mode staged] [--skip-scratch]] [--split val] \\
+        [--seed 0] [--set KEY=VALUE ...]
     python scripts/trial_count_curve.py --out OUT --table-only
 
 ``0`` stands for all training trials; ``--skip-linear`` leaves the baseline out (when
-only a setting of MtM changes). Each (session, count) row is written to
+only a setting of MtM changes), ``--skip-scratch`` MtM from scratch (when only the
+fine-tuning changes, e.g. ``--finetune-mode session``). Each (session, count) row is written to
 ``OUT/rows/`` when done, so a rerun continues and several processes may share ``OUT``
 with different sessions. ``--table-only`` prints the markdown table of every row and
 writes ``OUT/table.md`` and ``OUT/trial-count-curve.png``.
@@ -75,18 +77,19 @@ def run_row(folder: Path, count: int, args: argparse.Namespace) -> dict | None:
         "split": args.split,
     }
     kw = {"split": args.split, "tasks": TASK_ARGS, "progress": False}
-    started = time.perf_counter()
-    run = args.out / "runs" / name / "mtm-scratch"
-    if not (run / "checkpoints" / "best").is_dir():
-        train([session], run, config=config)
-    row["mtm_seconds"] = round(time.perf_counter() - started, 1)
-    row["mtm"] = _scores(evaluate(run, [session], **kw))
+    if not args.skip_scratch:
+        started = time.perf_counter()
+        run = args.out / "runs" / name / "mtm-scratch"
+        if not (run / "checkpoints" / "best").is_dir():
+            train([session], run, config=config)
+        row["mtm_seconds"] = round(time.perf_counter() - started, 1)
+        row["mtm"] = _scores(evaluate(run, [session], **kw))
     if not args.skip_linear:
         row["linear"] = _scores(evaluate_linear_baseline([session], **kw))
     if args.pretrained is not None:
         run = args.out / "runs" / name / "mtm-finetuned"
         if not (run / "checkpoints" / "best").is_dir():
-            finetune(args.pretrained, [session], run, config=config)
+            finetune(args.pretrained, [session], run, config=config, mode=args.finetune_mode)
         row["finetuned"] = _scores(evaluate(run, [session], **kw))
     return row
 
@@ -159,8 +162,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--skip-linear", action="store_true", help="no linear baseline rows")
+    parser.add_argument(
+        "--skip-scratch", action="store_true", help="no MtM-from-scratch rows (needs --pretrained)"
+    )
+    parser.add_argument(
+        "--finetune-mode",
+        default="staged",
+        choices=["staged", "full", "session"],
+        help="how the pre-trained run is fine-tuned (spikemask finetune --mode; default staged)",
+    )
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
+    if args.skip_scratch and args.pretrained is None and not args.table_only:
+        parser.error("--skip-scratch leaves only fine-tuning, which needs --pretrained RUN")
     if any(count < 0 for count in args.trials):
         parser.error(f"--trials {args.trials}: expected counts >= 0 (0 = all training trials)")
     folder = args.out / "rows"
@@ -176,7 +190,7 @@ def main() -> None:
                     print(f"{path.stem}: skipped (no more training trials than that)")
                     continue
                 path.write_text(json.dumps(row, indent=1))
-                print(f"{path.stem}: {row['mtm_seconds']:.0f} s of MtM training", flush=True)
+                print(f"{path.stem}: done", flush=True)
     rows = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
     rows.sort(key=lambda r: (r["session"], r["train_trials"]))
     text = table(rows)

@@ -11,6 +11,11 @@ Mask polarity is always named: ``unit_valid`` (True = real unit, not padding),
 loss or metric).
 
 The top-level functions are imported on first use, so ``import spikemask`` stays cheap.
+
+A user's mistake raises :class:`SpikemaskError` (one message naming what was wrong and what
+was expected); advice about a request that works but is unlikely to give what was wanted
+(for example training from scratch on a session with few trials) is a
+:class:`SpikemaskWarning`.
 """
 
 from __future__ import annotations

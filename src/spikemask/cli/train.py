@@ -94,8 +94,9 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
         default="staged",
         help="staged (default): the new session's layers alone for the first "
         "train.staged_fraction of the budget (a quarter), then all weights; full: all weights "
-        "from the start; session: only the new session's layers (the pre-trained weights "
-        "learn at train.shared_lr_scale x train.lr, 2x by default)",
+        "from the start; session: only the new session's layers, the pre-trained model "
+        "frozen. In staged and full, the pre-trained weights learn at train.shared_lr_scale "
+        "x train.lr (2x by default)",
     )
     p.add_argument(
         "--masking",

@@ -102,8 +102,10 @@ def finetune(
             ``train.lr * train.shared_lr_scale``, by default twice the rate; in
             ``staged`` mode too once they learn);
             ``session`` trains only the new sessions' layers (fast, the shared model
-            frozen). Staged was ahead of full on the validation splits of all 11 shared
-            sessions, each held out with its animal (BENCHMARKS.md §7).
+            frozen). On the validation splits of all 11 shared sessions, each held out with
+            its animal, staged was ahead of full on co-smoothing, inter- and intra-region
+            prediction, and session behind both and behind training from scratch
+            (BENCHMARKS.md §7).
         which: Start from the run's ``best`` or ``last`` checkpoint.
         config: Replaces the run's masking / data / training settings (model must match).
         config_path: YAML file of overrides applied on top.

@@ -17,7 +17,9 @@ import argparse
 import json
 from pathlib import Path
 
-TASKS = ("co_smoothing", "forward_prediction", "inter_region", "intra_region")
+from spikemask.evaluation.tasks import ACTIVITY_TASKS
+
+TASKS = tuple(key for key, _, _ in ACTIVITY_TASKS.values())  # as trial_count_curve.py
 
 
 def load_rows(folder: Path) -> list[dict]:

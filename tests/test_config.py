@@ -58,7 +58,8 @@ def test_bad_overrides(sets, message):
     ("value", "hint", "message"),
     [
         ("x", int | None, "k: expected an integer or null, got 'x'"),
-        ("q", int | float | None, "k: expected an integer, a number or null, got 'q'"),
+        ("q", int | float | None, "k: expected a number or null, got 'q'"),
+        ("q", float | int, "k: expected a number, got 'q'"),
         (3, tuple[str, ...] | None, "k: expected a list or null, got 3"),
         ([1, "a"], tuple[int, ...] | None, "k: expected an integer, got 'a'"),
         ({"a": "b"}, dict[str, float], "k: expected a number, got 'b'"),

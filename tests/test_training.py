@@ -473,3 +473,19 @@ def test_few_training_trials_warn_only_when_every_session_is_small(tmp_path):
         warnings.simplefilter("error")
         _warn_if_few_trials([enough])
         _warn_if_few_trials([small, enough])  # pre-training: the larger session carries it
+
+
+def test_few_training_trials_warn_once_per_distributed_run(monkeypatch):
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from spikemask.errors import SpikemaskWarning
+    from spikemask.training.run import FEW_TRIALS, _warn_if_few_trials
+
+    small = make_session(session_id="a", trials=(FEW_TRIALS - 1, 2, 2))
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_few_trials([small])  # rank 1 stays quiet
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    with pytest.warns(SpikemaskWarning):
+        _warn_if_few_trials([small])

@@ -371,9 +371,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:  # noqa: C901 - one branc
                 return _coerce(value, arg, where)
             except _Mismatch as err:
                 expected.extend(err.expected)
+        if "a number" in expected:  # an integer is a number: name the wider kind only
+            expected = [kind for kind in expected if kind != "an integer"]
         if type(None) in args:
             expected.append("null")
-        raise _Mismatch(where, expected, value)
+        raise _Mismatch(where, list(dict.fromkeys(expected)), value)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise _Mismatch(where, ["a list"], value)

@@ -420,6 +420,8 @@ on other animals and fine-tuned is ahead on 4 of 4 with 120."""
 
 
 def _warn_if_few_trials(sessions: Sequence[Session]) -> None:
+    if rank_zero_only.rank != 0:  # one warning per distributed run
+        return
     counts = {s.session_id: s.split("train").num_trials for s in sessions}
     if not counts or max(counts.values()) >= FEW_TRIALS:
         return

@@ -155,6 +155,20 @@ def test_train_keeps_stdout_for_results(tmp_path, capfd):
     assert "GPU available" not in out + err and "TPU available" not in out + err
 
 
+def test_lightning_console_noise_is_filtered():
+    import logging
+
+    from spikemask.cli import _NoAdverts
+
+    def kept(message: str) -> bool:
+        record = logging.LogRecord("lightning", logging.INFO, __file__, 1, message, None, None)
+        return _NoAdverts().filter(record)
+
+    assert not kept("GPU available: False, used: False")
+    assert not kept("Loading `train_dataloader` to estimate number of stepping batches.")
+    assert kept("Using bfloat16 Automatic Mixed Precision (AMP)")
+
+
 @pytest.mark.filterwarnings("default::spikemask.errors.SpikemaskWarning")  # as outside pytest
 def test_train_on_few_trials_prints_one_warning_line(tmp_path, capfd):
     from conftest import TINY_MODEL

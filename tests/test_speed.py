@@ -4,6 +4,7 @@ validation interval, gradient accumulation, thread count and precision choices."
 from __future__ import annotations
 
 import math
+import warnings
 from types import SimpleNamespace
 
 import pandas as pd
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from spikemask.config import load_config
-from spikemask.errors import SpikemaskError
+from spikemask.errors import SpikemaskError, SpikemaskWarning
 from spikemask.masking import SCHEMES, MaskingConfig, MaskingMixture, _draw
 from spikemask.training import speed
 from spikemask.training.resume import DivergenceGuard, TrainingDiverged
@@ -126,6 +127,20 @@ def test_precision_auto(monkeypatch):
     assert speed.resolve_precision("auto") == "bf16-mixed"
     monkeypatch.setattr(speed, "CPU_BF16_BY_DEFAULT", False)
     assert speed.resolve_precision("auto") == "32-true"
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch):
+    # there bf16 matmuls are emulated: ~8x slower steps (BENCHMARKS.md §8)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(speed, "cpu_supports_bf16", lambda: False)
+    with pytest.warns(SpikemaskWarning, match="without bf16 instructions.*precision=auto"):
+        assert speed.resolve_precision("bf16-mixed") == "bf16-mixed"  # still honoured
+    assert speed.resolve_precision("auto") == "32-true"
+    monkeypatch.setattr(speed, "cpu_supports_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert speed.resolve_precision("bf16-mixed") == "bf16-mixed"
+        assert speed.resolve_precision("32") == "32-true"
 
 
 def _tiny(*extra: str):

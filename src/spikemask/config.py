@@ -137,7 +137,8 @@ class TrainConfig:
         seed: Seed of every random choice (sampling, masks, dropout, initialisation).
         precision: ``auto`` picks bf16 autocast on GPUs that support it and on CPUs with
             bf16 instructions (``avx512_bf16`` or AMX), else 32-bit
-            (see :func:`spikemask.training.speed.resolve_precision`).
+            (see :func:`spikemask.training.speed.resolve_precision`). ``bf16-mixed`` on a
+            CPU without them warns: bf16 is emulated there, ~8x slower than fp32.
         accelerator / devices / num_nodes / strategy: Passed to Lightning's Trainer.
         compile: ``torch.compile`` the shared encoder (pays off on GPUs at large batches;
             the first steps are slower while it compiles).

@@ -56,10 +56,17 @@ def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
 
 
 class _NoAdverts(logging.Filter):
-    """Drops Lightning's tips about third-party services and its hardware inventory
-    ("GPU available: False ...", "TPU available ...") from the console."""
+    """Drops Lightning's tips about third-party services, its hardware inventory
+    ("GPU available: False ...", "TPU available ...") and its note on counting the
+    training batches from the console."""
 
-    NOISE = ("litlogger", "GPU available:", "TPU available:", "HPU available:")
+    NOISE = (
+        "litlogger",
+        "GPU available:",
+        "TPU available:",
+        "HPU available:",
+        "to estimate number of stepping batches",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from spikemask.errors import SpikemaskWarning
 
 __all__ = [
     "CPU_BF16_BY_DEFAULT",
@@ -60,12 +63,29 @@ def resolve_precision(value: str, accelerator: str = "auto") -> str:
     when :data:`CPU_BF16_BY_DEFAULT`), else 32-bit.
     """
     if value != "auto":
+        if value == "bf16-mixed" and not uses_cuda(accelerator) and not cpu_supports_bf16():
+            _warn_slow_cpu_bf16()
         return value if value != "32" else "32-true"
     if uses_cuda(accelerator):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
     if CPU_BF16_BY_DEFAULT and cpu_supports_bf16():
         return "bf16-mixed"
     return "32-true"
+
+
+def _warn_slow_cpu_bf16() -> None:
+    # imported here: evaluation imports this module and must not import Lightning
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
+    warnings.warn(
+        "train.precision=bf16-mixed on a CPU without bf16 instructions (avx512_bf16 or AMX): "
+        "bf16 matrix products are emulated there and a training step is about 8x slower than "
+        "in fp32 (BENCHMARKS.md §8); train.precision=auto picks fp32 on this CPU",
+        SpikemaskWarning,
+        stacklevel=3,
+    )
 
 
 def free_cores() -> int:

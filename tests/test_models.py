@@ -481,10 +481,20 @@ def test_math_attention_equals_sdpa_without_dropout():
         )
 
 
-def test_math_attention_is_bit_for_bit_the_plain_formula_forward_and_backward():
+def _close(actual, expected, tolerance: dict, case) -> None:
+    try:
+        torch.testing.assert_close(actual, expected, **tolerance)
+    except AssertionError as err:
+        raise AssertionError(f"{case}: {err}") from None
+
+
+def test_math_attention_equals_the_plain_formula_forward_and_backward():
     """The written-out attention casts and lays out q / k in one copy and adds the causal
-    mask inside the matmul; outputs and gradients must equal the plain formula exactly
-    (fp32 scores of the bf16 inputs, masked_fill, softmax, weights in the input dtype)."""
+    mask inside the matmul; outputs and gradients must equal the plain formula (fp32 scores
+    of the bf16 inputs, masked_fill, softmax, weights in the input dtype) up to the float
+    rounding of the matmuls. Exactly on the Intel / AMD Zen 4 CPUs where it was measured;
+    on an AVX2-only Zen 3 torch's fp32 matmul kernel depends on the operands' layout, and
+    the two differ in the last bit (fp32 ~1e-6, one bf16 step of a gradient)."""
     import math
 
     from spikemask.models.layers import _math_attention
@@ -500,18 +510,21 @@ def test_math_attention_is_bit_for_bit_the_plain_formula_forward_and_backward():
     allowed = torch.ones(9, 9, dtype=torch.bool).tril()
     allowed[:, :2] = True
     for dtype in (torch.bfloat16, torch.float32):
+        # a few steps of the dtype's last bit; a wrong mask, scale or cast is far larger
+        last_bit = {"rtol": 4 * torch.finfo(dtype).eps, "atol": 1e-5}
         for head_width in (8, 6):
             qkv = torch.randn(3, 9, 3, 2, head_width, dtype=dtype)
             # heads permuted out of one projection, as SelfAttention makes them
             q, k, v = (t.requires_grad_() for t in qkv.permute(2, 0, 3, 1, 4).unbind(0))
             for mask in (None, allowed):
+                case = (dtype, head_width, mask is None)
                 ours = _math_attention(q, k, v, mask, 0.0)
                 ref = plain(q, k, v, mask)
-                assert torch.equal(ours, ref), (dtype, head_width, mask is None)
+                _close(ours, ref, last_bit, case)
                 g_ours = torch.autograd.grad(ours.float().square().sum(), (q, k, v))
                 g_ref = torch.autograd.grad(ref.float().square().sum(), (q, k, v))
                 for a, b in zip(g_ours, g_ref, strict=True):
-                    assert torch.equal(a, b), (dtype, head_width, mask is None)
+                    _close(a, b, last_bit, case)
 
 
 def test_cpu_dropout_choice_changes_masks_not_the_model():

@@ -12,6 +12,7 @@ from spikemask.bench.speed import (
     SpeedSetting,
     count_step_flops,
     matmul_peak,
+    reference_peak,
     run_speed_benchmark,
     synthetic_session,
 )
@@ -42,6 +43,14 @@ def test_synthetic_session_has_regions_and_the_requested_shape():
     assert session.split("train").spikes.shape == (70, 5, 13)
     assert len(set(session.unit_regions)) == 4
     assert session.split("train").spikes.any()
+
+
+def test_bf16_is_measured_against_the_faster_matmul_peak():
+    with_bf16 = {"fp32": 90e9, "bf16": 200e9}  # a CPU with avx512_bf16
+    emulated = {"fp32": 90e9, "bf16": 1e9}  # a CPU without: bf16 matmuls are emulated
+    assert reference_peak("bf16-mixed", with_bf16) == 200e9
+    assert reference_peak("bf16-mixed", emulated) == 90e9  # not 470 % of the emulated rate
+    assert reference_peak("32-true", with_bf16) == reference_peak("32-true", emulated) == 90e9
 
 
 def test_paired_benchmark_writes_json_and_table(tmp_path):

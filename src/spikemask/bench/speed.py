@@ -11,7 +11,8 @@ timed (the device is synchronised at both ends).
 
 Reported per setting: trials/s, tokens/s (time-bin tokens), achieved FLOP/s from a FLOP
 count of one training step (``torch.utils.flop_counter``: forward and backward of the
-model), its fraction of the measured matmul peak of that precision, and peak memory.
+model), its fraction of the measured matmul peak of that precision (for bf16: of the
+faster of the bf16 and fp32 peaks, see :func:`reference_peak`), and peak memory.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "SpeedSetting",
     "count_step_flops",
     "matmul_peak",
+    "reference_peak",
     "run_speed_benchmark",
     "synthetic_session",
 ]
@@ -303,6 +305,16 @@ def _measure_peaks(side: _Side, device: torch.device, size: int) -> None:
             side.peaks[name] = max(side.peaks.get(name, 0.0), matmul_peak(device, dtype, size))
 
 
+def reference_peak(precision: str, peaks: dict[str, float]) -> float:
+    """The matmul rate a setting's FLOP/s is a fraction of: the fp32 peak for fp32, and for
+    bf16 the faster of the two. A CPU without bf16 instructions emulates bf16 matmuls far
+    below its fp32 rate (1 against ~90 GFLOP/s on an AMD EPYC Zen 3), and there the
+    machine's limit for a bf16 run is still the fp32 rate."""
+    if precision.startswith("bf16"):
+        return max(peaks["bf16"], peaks["fp32"])
+    return peaks["fp32"]
+
+
 def _summary(side: _Side, bench: SpeedConfig) -> dict:
     from spikemask.training.speed import resolve_precision
 
@@ -311,7 +323,7 @@ def _summary(side: _Side, bench: SpeedConfig) -> dict:
     per_step = [s / n for s, n in zip(side.seconds, side.steps, strict=True)]
     step_s = statistics.median(per_step)
     precision = resolve_precision(str(side.config.train.precision), bench.accelerator)
-    peak = side.peaks["bf16"] if precision.startswith("bf16") else side.peaks["fp32"]
+    peak = reference_peak(precision, side.peaks)
     achieved = flops * side.config.train.accumulate_grad_batches / step_s
     return {
         "label": side.setting.label,

@@ -429,7 +429,7 @@ def _warn_if_few_trials(sessions: Sequence[Session]) -> None:
     warnings.warn(
         f"few training trials: {listed}; below about {FEW_TRIALS} a model trained from "
         "scratch tends to predict worse than the linear baseline (BENCHMARKS.md §7). "
-        "Fine-tuning a model pre-trained on other sessions does better: spikemask finetune "
+        "Fine-tuning a model pre-trained on other sessions usually does better: spikemask finetune "
         "PRETRAINED_RUN DATA --out OUT",
         SpikemaskWarning,
         stacklevel=3,

@@ -87,6 +87,29 @@ def test_paired_benchmark_writes_json_and_table(tmp_path):
     assert "B / A speed" in table
 
 
+def test_emulated_bf16_warns_once_per_training_run(tmp_path, monkeypatch):
+    from spikemask.errors import SpikemaskWarning
+    from spikemask.training import speed
+
+    monkeypatch.setattr(speed, "cpu_supports_bf16", lambda: False)
+    bench = SpeedConfig(
+        units=11,
+        bins=7,
+        batch_size=3,
+        settings=(SpeedSetting("bf16", (*TINY_MODEL, "train.precision=bf16-mixed")),),
+        blocks=1,
+        block_steps=1,
+        warmup_steps=1,
+        peak_size=32,
+        accelerator="cpu",
+    )
+    with pytest.warns(SpikemaskWarning) as caught:
+        results = run_speed_benchmark(bench, tmp_path, log=lambda line: None)
+    emulated = [w for w in caught if "without bf16 instructions" in str(w.message)]
+    assert len(emulated) == 1  # the training block's, not again from the report
+    assert results["settings"][0]["precision"] == "bf16-mixed"
+
+
 def test_cli_runs_one_setting(tmp_path, capsys):
     args = ["bench", "speed", "--out", str(tmp_path), "--units", "11", "--bins", "7"]
     args += ["--batch-size", "2", "--blocks", "1", "--block-steps", "1", "--warmup-steps", "1"]

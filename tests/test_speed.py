@@ -136,6 +136,9 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch):
     with pytest.warns(SpikemaskWarning, match="without bf16 instructions.*precision=auto"):
         assert speed.resolve_precision("bf16-mixed") == "bf16-mixed"  # still honoured
     assert speed.resolve_precision("auto") == "32-true"
+    with warnings.catch_warnings():  # bench speed's report, after training has warned
+        warnings.simplefilter("error")
+        assert speed.resolve_precision("bf16-mixed", warn=False) == "bf16-mixed"
     monkeypatch.setattr(speed, "cpu_supports_bf16", lambda: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -322,7 +322,8 @@ def _summary(side: _Side, bench: SpeedConfig) -> dict:
     trials = side.config.data.batch_size * side.config.train.accumulate_grad_batches
     per_step = [s / n for s, n in zip(side.seconds, side.steps, strict=True)]
     step_s = statistics.median(per_step)
-    precision = resolve_precision(str(side.config.train.precision), bench.accelerator)
+    # the training blocks have already warned about an emulated bf16, once
+    precision = resolve_precision(str(side.config.train.precision), bench.accelerator, warn=False)
     peak = reference_peak(precision, side.peaks)
     achieved = flops * side.config.train.accumulate_grad_batches / step_s
     return {

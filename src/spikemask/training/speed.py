@@ -56,14 +56,21 @@ def uses_cuda(accelerator: str) -> bool:
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
-def resolve_precision(value: str, accelerator: str = "auto") -> str:
+def resolve_precision(value: str, accelerator: str = "auto", *, warn: bool = True) -> str:
     """Lightning's precision for ``train.precision``.
 
     ``auto`` is bf16 autocast on GPUs that support it (and on CPUs with bf16 instructions
-    when :data:`CPU_BF16_BY_DEFAULT`), else 32-bit.
+    when :data:`CPU_BF16_BY_DEFAULT`), else 32-bit. An explicit ``bf16-mixed`` on a CPU
+    without bf16 instructions warns, unless ``warn`` is false (a caller that only reports
+    the setting, after training has already warned).
     """
     if value != "auto":
-        if value == "bf16-mixed" and not uses_cuda(accelerator) and not cpu_supports_bf16():
+        if (
+            warn
+            and value == "bf16-mixed"
+            and not uses_cuda(accelerator)
+            and not cpu_supports_bf16()
+        ):
             _warn_slow_cpu_bf16()
         return value if value != "32" else "32-true"
     if uses_cuda(accelerator):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -59,7 +60,7 @@ def tiny_model(architecture="ndt1", position_embedding="learned", sessions=None,
 
 
 def randomize_read_out(model) -> None:
-    """Read-outs start at zero weights (predictions = per-unit rates); the structural tests
+    """Untied read-outs start at zero weights (predictions = per-unit rates); the structural tests
     need outputs that depend on the inputs, as after training."""
     generator = torch.Generator().manual_seed(7)
     with torch.no_grad():
@@ -384,6 +385,9 @@ def test_model_preset():
         ({"input_scaling": "log"}, "input_scaling"),
         ({"hidden_flags": 1}, "hidden_flags must be a bool"),
         ({"hidden_flags": True, "architecture": "ndt2"}, "hidden_flags needs architecture"),
+        ({"tied_stitchers": "yes"}, "tied_stitchers must be a bool"),
+        ({"tied_stitchers": True, "architecture": "ndt2"}, "tied_stitchers needs architecture"),
+        ({"tied_stitchers": True, "stitch_width": 24}, "stitch_width equal to width"),
     ],
 )
 def test_config_validation(overrides, message):
@@ -543,6 +547,62 @@ def test_cpu_dropout_choice_changes_masks_not_the_model():
     assert not torch.allclose(first, bits.eval()(x, **kwargs).log_rates)  # dropout is on
     with pytest.raises(SpikemaskError, match="cpu_dropout"):
         tiny_config(cpu_dropout="fast")
+
+
+def test_tied_stitchers_by_default_wherever_the_widths_allow():
+    from spikemask.config import RunConfig, run_preset
+
+    assert model_preset("small").resolved_tied_stitchers  # stitch_width = width = 128
+    assert model_preset("paper").resolved_tied_stitchers  # stitch_width None = width
+    assert not model_preset("small", stitch_width=64).resolved_tied_stitchers
+    assert not model_preset("small", tied_stitchers=False).resolved_tied_stitchers
+    assert not model_preset("small", architecture="ndt2").resolved_tied_stitchers
+    with pytest.raises(SpikemaskError, match="stitch_width equal to width"):
+        model_preset("small", stitch_width=64, tied_stitchers=True)
+    # a config recorded before the key existed had separate weights: rebuilt untied
+    recorded = run_preset("small").to_dict()
+    del recorded["model"]["tied_stitchers"]
+    assert RunConfig.from_dict(recorded).model.tied_stitchers is False
+    assert RunConfig.from_dict(run_preset("small").to_dict()).model.tied_stitchers is None
+
+
+def test_tied_stitchers_read_in_along_the_read_out():
+    model = tiny_model(tied_stitchers=True, stitch_width=None).eval()
+    adapter = model.adapter("sess-a")
+    # the read-in's weight is the read-out's, transposed: not a parameter of its own
+    assert adapter.read_in.weight.shape == (WIDTH, UNITS)
+    assert torch.equal(adapter.read_in.weight, adapter.read_out.weight.t())
+    keys = [k for k in model.state_dict() if k.startswith("session_adapters.0.")]
+    assert "session_adapters.0.read_in.bias" in keys
+    assert "session_adapters.0.read_in.weight" not in keys
+    names = {n for n, _ in model.named_parameters()}
+    assert "session_adapters.0.read_in.bias" in names
+    assert any(p is adapter.read_in.bias for p in model.session_parameters("sess-a"))
+    spikes = poisson_spikes()
+    stitched = spikes @ adapter.read_out.weight + adapter.read_in.bias
+    expected = adapter.read_out(model.encode_stitched(stitched, session_id="sess-a", prompt=0))
+    out = model(spikes, session_id="sess-a", prompt=0).log_rates
+    torch.testing.assert_close(out, expected)
+    # the read-out weight learns from both ends: zero the path out and the read-in still
+    # carries a gradient to it
+    out.sum().backward()
+    assert adapter.read_out.weight.grad.abs().sum() > 0
+    # a fresh tied session starts with small random read-out weights (not zero: the
+    # read-in would see nothing), a copy keeps the tie to its own read-out
+    fresh = build_model(
+        tiny_config(tied_stitchers=True, stitch_width=None),
+        sessions={"sess-a": UNITS},
+        num_prompts=3,
+        generator=torch.Generator().manual_seed(0),
+    ).adapter("sess-a")
+    assert 0 < fresh.read_out.weight.std() < 0.05
+    assert not fresh.read_in.bias.any()
+    twin = copy.deepcopy(model)
+    copied = twin.adapter("sess-a")
+    with torch.no_grad():
+        copied.read_out.weight.add_(1.0)
+    assert torch.equal(copied.read_in.weight, copied.read_out.weight.t())
+    assert not torch.equal(adapter.read_in.weight, copied.read_in.weight)
 
 
 def test_hidden_flags_tell_a_hidden_unit_from_a_silent_one():

@@ -346,3 +346,38 @@ def test_hidden_flags_model_equals_one_forward_pass_per_variant(task, fast):
     unflagged = predict_task(model, session, plan, batch_size=5, fast=fast)
     scored = np.isfinite(rates)
     assert not np.allclose(unflagged[scored], rates[scored], rtol=1e-3)
+
+
+@pytest.mark.parametrize("task", ["co-smoothing", "inter-region"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_tied_stitchers_model_equals_one_forward_pass_per_variant(task, fast):
+    """The evaluation's fast path builds the read-in from the read-in's weight: with tied
+    stitchers that is the read-out's, transposed, and the rates are still those of one
+    plain forward pass per masked copy."""
+    session = tiny_session(num_units=13, trials=(6, 2, 9), rate=0.04, seed=4)
+    model = tiny_model(session, tied_stitchers=True, width=32, stitch_width=None)
+    plan = plan_task(session, task)
+    spikes = session.split("test").spikes
+    expected = np.full(spikes.shape, np.nan)
+    for hidden, targets in zip(plan.hidden_units, plan.targets, strict=True):
+        masked = np.where(np.broadcast_to(hidden, spikes.shape), 0, spikes)
+        (out,) = model.forward(masked, session, prompt=model.prompt_for(plan.scheme))
+        expected[:, :, targets] = out.log_rates[:, :, targets].exp().numpy()
+    rates = predict_task(model, session, plan, batch_size=5, fast=fast)
+    np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_tied_stitchers_survive_a_checkpoint(tmp_path):
+    from spikemask.training.checkpoint import load_checkpoint, save_checkpoint
+
+    session = tiny_session(num_units=13, trials=(6, 2, 9), rate=0.04, seed=4)
+    model = tiny_model(session, tied_stitchers=True, width=32, stitch_width=None)
+    save_checkpoint(tmp_path / "best", model.checkpoint)
+    loaded = load_checkpoint(tmp_path / "best")
+    assert loaded.config.model.tied_stitchers
+    adapter = loaded.model.adapter(session.session_id)
+    assert torch.equal(adapter.read_in.weight, adapter.read_out.weight.t())
+    spikes = session.split("test").spikes
+    (before,) = model.forward(spikes, session, prompt=0)
+    (after,) = TrainedModel(loaded).forward(spikes, session, prompt=0)
+    torch.testing.assert_close(after.log_rates, before.log_rates)

@@ -255,7 +255,15 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, where: str = "config") -> RunConfig:
-        """Rebuild from :meth:`to_dict` output; unknown keys are errors."""
+        """Rebuild from :meth:`to_dict` output; unknown keys are errors.
+
+        A config recorded before ``model.tied_stitchers`` existed had separate read-in and
+        read-out weights: it is rebuilt with ``tied_stitchers=False``, so that its weights
+        still fit the model.
+        """
+        model = values.get("model") if isinstance(values, dict) else None
+        if isinstance(model, dict) and "tied_stitchers" not in model:
+            values = {**values, "model": {**model, "tied_stitchers": False}}
         return apply_overrides(cls(), values, where=where)
 
 

@@ -33,6 +33,26 @@ __all__ = ["SessionAdapter", "SessionModel"]
 MAX_LISTED_SESSIONS = 10
 
 
+class TiedReadIn(nn.Module):
+    """A read-in ``N -> D`` whose weight is the transpose of a read-out ``D -> N``.
+
+    Behaves like the ``nn.Linear`` it replaces (``weight`` is ``(D, N)``, ``bias`` is
+    ``(D,)``); the weight is not a parameter of its own, so a state dict holds only the bias.
+    """
+
+    def __init__(self, read_out: nn.Linear, **factory: object) -> None:
+        super().__init__()
+        object.__setattr__(self, "_read_out", read_out)  # not registered: owned by the adapter
+        self.bias = nn.Parameter(torch.zeros(read_out.in_features, **factory))
+
+    @property
+    def weight(self) -> Tensor:
+        return self._read_out.weight.t()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
 class SessionAdapter(nn.Module):
     """Everything one session owns: an optional session token and optional stitchers.
 
@@ -42,6 +62,8 @@ class SessionAdapter(nn.Module):
         session_token: create a learned ``(D,)`` session token.
         stitch_width: when given, create the read-in ``Linear(N_s -> stitch_width)`` and
             read-out ``Linear(D -> N_s)`` (NDT1); when ``None``, no stitchers (NDT2).
+        tied: with ``stitch_width`` (equal to ``width``), the read-in is a
+            :class:`TiedReadIn` of the read-out.
         hidden_flags: with ``stitch_width``, also create ``hidden_in``, a bias-free
             ``Linear(N_s -> stitch_width)`` whose columns are the units' mask vectors
             (NDT1 adds the mean over each bin's hidden units).
@@ -57,6 +79,7 @@ class SessionAdapter(nn.Module):
         session_token: bool,
         stitch_width: int | None = None,
         hidden_flags: bool = False,
+        tied: bool = False,
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -64,13 +87,21 @@ class SessionAdapter(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.num_units = num_units
         self.session_token = nn.Parameter(torch.empty(width, **factory)) if session_token else None
-        self.read_in: nn.Linear | None = None
+        self.read_in: nn.Linear | TiedReadIn | None = None
         self.read_out: nn.Linear | None = None
         self.hidden_in: nn.Linear | None = None
         self.unit_bias: nn.Parameter | None = None
         if stitch_width is not None:
-            self.read_in = nn.Linear(num_units, stitch_width, **factory)
             self.read_out = nn.Linear(width, num_units, **factory)
+            if tied:
+                if stitch_width != width:
+                    raise SpikemaskError(
+                        f"tied stitchers need stitch_width equal to width ({width}), "
+                        f"got {stitch_width}"
+                    )
+                self.read_in = TiedReadIn(self.read_out, **factory)
+            else:
+                self.read_in = nn.Linear(num_units, stitch_width, **factory)
             if hidden_flags:
                 self.hidden_in = nn.Linear(num_units, stitch_width, bias=False, **factory)
         else:  # NDT2's read-out is shared: each unit still gets its own log-rate offset
@@ -78,14 +109,20 @@ class SessionAdapter(nn.Module):
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """(Re)initialise: token ~ N(0, 0.02²), read-out bias ``log(INITIAL_RATE)``,
-        zero read-out and hidden-flag weights."""
+        zero read-out weights (small random ones when the read-in is tied to them) and zero
+        hidden-flag weights."""
         reset_parameters(self, generator)
         if self.session_token is not None:
             nn.init.normal_(self.session_token, std=EMBEDDING_INIT_STD, generator=generator)
         if self.read_out is not None:
             # zero read-out weights: a new session starts exactly at its per-unit rates and
             # the transformer's random initial states add no noise to the predictions
-            nn.init.zeros_(self.read_out.weight)
+            if isinstance(self.read_in, TiedReadIn):
+                # the read-in is this weight too: at zero the model would see no spikes
+                nn.init.normal_(self.read_out.weight, std=EMBEDDING_INIT_STD, generator=generator)
+                nn.init.zeros_(self.read_in.bias)
+            else:
+                nn.init.zeros_(self.read_out.weight)
             nn.init.constant_(self.read_out.bias, math.log(INITIAL_RATE))
         if self.hidden_in is not None:
             # a new session starts as if it had no flags; they learn from the first step

@@ -65,6 +65,17 @@ class ModelConfig:
             unit has a learned ``(D_in,)`` mask column (starting at zero); in each bin the
             mean of the hidden units' columns is added to the read-in. Without it a hidden
             entry reads as 0, the same as a bin in which the unit did not fire.
+        tied_stitchers: NDT1: a session's read-in uses the transpose of its read-out
+            weights (unit n enters the model along the direction its rate is read from),
+            plus a bias of its own; halves the per-session weights, and the read-out
+            weights then start small and random (N(0, 0.02²)) instead of at zero.
+            ``None`` (default) = tied wherever it can be: NDT1 with ``stitch_width`` equal
+            to ``width`` (both presets). ``True`` requires that; ``False`` gives separate
+            read-in and read-out (the behaviour before this key, and what a checkpoint
+            recorded without the key is loaded with). On the validation splits of the 11
+            shared sessions, each held out with its animal, tied stitchers were ahead on
+            every activity task (BENCHMARKS.md section 7). NDT2 has no per-session
+            stitchers: ``None`` and ``False`` apply, ``True`` is an error.
     """
 
     architecture: str = "ndt1"
@@ -86,6 +97,7 @@ class ModelConfig:
     input_scaling: str = "counts"
     cpu_dropout: str = "bits"
     hidden_flags: bool = False
+    tied_stitchers: bool | None = None
 
     def __post_init__(self) -> None:
         _check_choice("architecture", self.architecture, ARCHITECTURES)
@@ -112,11 +124,7 @@ class ModelConfig:
                 raise SpikemaskError(
                     f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}"
                 )
-        if self.hidden_flags and self.architecture != "ndt1":
-            raise SpikemaskError(
-                f"ModelConfig.hidden_flags needs architecture 'ndt1' (its per-session read-in), "
-                f"got {self.architecture!r}"
-            )
+        self._check_stitchers()
         if self.width % self.num_heads != 0:
             raise SpikemaskError(
                 f"ModelConfig.width ({self.width}) must be divisible by num_heads "
@@ -132,6 +140,34 @@ class ModelConfig:
     def head_width(self) -> int:
         """Width of one attention head, ``width // num_heads``."""
         return self.width // self.num_heads
+
+    def _check_stitchers(self) -> None:
+        if self.hidden_flags and self.architecture != "ndt1":
+            raise SpikemaskError(
+                f"ModelConfig.hidden_flags needs architecture 'ndt1' (its per-session read-in), "
+                f"got {self.architecture!r}"
+            )
+        if self.tied_stitchers is not None and not isinstance(self.tied_stitchers, bool):
+            raise SpikemaskError(
+                f"ModelConfig.tied_stitchers must be a bool or null, got {self.tied_stitchers!r}"
+            )
+        if self.tied_stitchers and self.architecture != "ndt1":
+            raise SpikemaskError(
+                f"ModelConfig.tied_stitchers needs architecture 'ndt1' (its per-session "
+                f"read-in and read-out), got {self.architecture!r}"
+            )
+        if self.tied_stitchers and self.resolved_stitch_width != self.width:
+            raise SpikemaskError(
+                f"ModelConfig.tied_stitchers needs stitch_width equal to width ({self.width}), "
+                f"got {self.stitch_width}"
+            )
+
+    @property
+    def resolved_tied_stitchers(self) -> bool:
+        """Whether NDT1's read-in is the transpose of its read-out (see ``tied_stitchers``)."""
+        if self.tied_stitchers is not None:
+            return self.tied_stitchers
+        return self.architecture == "ndt1" and self.resolved_stitch_width == self.width
 
     @property
     def resolved_stitch_width(self) -> int:

@@ -66,6 +66,7 @@ class NDT1(SessionModel):
             session_token=self.config.session_token,
             stitch_width=self.config.resolved_stitch_width,
             hidden_flags=self.config.hidden_flags,
+            tied=self.config.resolved_tied_stitchers,
             **factory,
         )
 

@@ -37,7 +37,13 @@ import numpy as np
 import torch
 
 from spikemask.data.loading import load_session
-from spikemask.data.synthetic import SyntheticConfig, _pick_units, _split_rows, _unit_rates
+from spikemask.data.synthetic import (
+    SyntheticConfig,
+    _pick_units,
+    _shared_dynamics,
+    _split_rows,
+    _unit_rates,
+)
 from spikemask.data.synthetic import _dynamics as dyn
 from spikemask.evaluation.metrics import bits_per_spike, bits_per_spike_pooled
 
@@ -49,20 +55,8 @@ def regenerate(folder: Path) -> dict:
     truth = json.loads((folder / "truth" / "truth.json").read_text())
     config = SyntheticConfig(**truth["config"])
     seed, index = int(truth["seed"]), int(truth["session_index"])
-    root = np.random.SeedSequence(seed)
-    (dynamics_seed,) = root.spawn(1)
-    times_s = dyn.bin_times_s(config.num_bins, config.bin_size_s, config.window_start_s)
-    dynamics = dyn.build_dynamics(
-        region_names=config.region_names,
-        latent_dim=config.latent_dim,
-        leak=config.bin_size_s / config.time_constant_s,
-        noise_std=config.latent_noise,
-        recurrent_gain=config.recurrent_gain,
-        coupling=config.coupling,
-        times_s=times_s,
-        rng=np.random.default_rng(dynamics_seed),
-    )
-    rng = np.random.default_rng(root.spawn(index + 1)[index])
+    dynamics, times_s, rngs = _shared_dynamics(config, seed, index + 1)
+    rng = rngs[index]
     # the same draws in the same order as spikemask.data.synthetic._make_session
     num_trials = int(rng.integers(config.num_trials[0], config.num_trials[1] + 1))
     design = dyn.design_trials(num_trials, times_s, rng)

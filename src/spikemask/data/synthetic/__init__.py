@@ -232,7 +232,18 @@ def generate_sessions(
     """
     _check_seed(num_sessions, seed)
     config = config or SyntheticConfig()
-    root = np.random.SeedSequence(int(seed))
+    dynamics, times_s, rngs = _shared_dynamics(config, int(seed), num_sessions)
+    return [
+        _make_session(index, int(seed), config, dynamics, times_s, rng)
+        for index, rng in enumerate(rngs)
+    ]
+
+
+def _shared_dynamics(
+    config: SyntheticConfig, seed: int, num_sessions: int
+) -> tuple[dyn.Dynamics, np.ndarray, list[np.random.Generator]]:
+    """The dynamics of ``seed``, the bin times, and the random source of each session."""
+    root = np.random.SeedSequence(seed)
     (dynamics_seed,) = root.spawn(1)
     times_s = dyn.bin_times_s(config.num_bins, config.bin_size_s, config.window_start_s)
     dynamics = dyn.build_dynamics(
@@ -245,10 +256,7 @@ def generate_sessions(
         times_s=times_s,
         rng=np.random.default_rng(dynamics_seed),
     )
-    return [
-        _make_session(index, int(seed), config, dynamics, times_s, np.random.default_rng(child))
-        for index, child in enumerate(root.spawn(num_sessions))
-    ]
+    return dynamics, times_s, [np.random.default_rng(c) for c in root.spawn(num_sessions)]
 
 
 def _pick_units(config: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -115,13 +115,13 @@ class SessionAdapter(nn.Module):
         if self.session_token is not None:
             nn.init.normal_(self.session_token, std=EMBEDDING_INIT_STD, generator=generator)
         if self.read_out is not None:
-            # zero read-out weights: a new session starts exactly at its per-unit rates and
-            # the transformer's random initial states add no noise to the predictions
             if isinstance(self.read_in, TiedReadIn):
                 # the read-in is this weight too: at zero the model would see no spikes
                 nn.init.normal_(self.read_out.weight, std=EMBEDDING_INIT_STD, generator=generator)
                 nn.init.zeros_(self.read_in.bias)
             else:
+                # zero read-out weights: a new session starts exactly at its per-unit rates
+                # and the transformer's random initial states add no noise to the predictions
                 nn.init.zeros_(self.read_out.weight)
             nn.init.constant_(self.read_out.bias, math.log(INITIAL_RATE))
         if self.hidden_in is not None:

@@ -37,14 +37,8 @@ import numpy as np
 import torch
 
 from spikemask.data.loading import load_session
-from spikemask.data.synthetic import (
-    SyntheticConfig,
-    _pick_units,
-    _shared_dynamics,
-    _split_rows,
-    _unit_rates,
-)
-from spikemask.data.synthetic import _dynamics as dyn
+from spikemask.data.synthetic import SyntheticConfig, _draw_session, _shared_dynamics
+from spikemask.errors import SpikemaskError
 from spikemask.evaluation.metrics import bits_per_spike, bits_per_spike_pooled
 
 DTYPE = torch.float64
@@ -52,20 +46,18 @@ DTYPE = torch.float64
 
 def regenerate(folder: Path) -> dict:
     """The generator's parameters, test inputs and rates of a written synthetic session."""
-    truth = json.loads((folder / "truth" / "truth.json").read_text())
+    path = folder / "truth" / "truth.json"
+    if not path.is_file():
+        raise SystemExit(
+            f"{folder}: no truth/truth.json; expected a session written by `spikemask synth`"
+        )
+    truth = json.loads(path.read_text())
     config = SyntheticConfig(**truth["config"])
     seed, index = int(truth["seed"]), int(truth["session_index"])
     dynamics, times_s, rngs = _shared_dynamics(config, seed, index + 1)
-    rng = rngs[index]
-    # the same draws in the same order as spikemask.data.synthetic._make_session
-    num_trials = int(rng.integers(config.num_trials[0], config.num_trials[1] + 1))
-    design = dyn.design_trials(num_trials, times_s, rng)
-    sim = dyn.simulate(dynamics, design, rng, choice_noise=config.choice_noise)
-    unit_regions, _ = _pick_units(config, rng)
-    rates = _unit_rates(sim.latents, unit_regions, config, rng)
-    counts = dyn.sample_poisson(rates, rng)
-    dyn.behaviour(sim, design, dynamics, rng)
-    rows = _split_rows(num_trials, config.split_fractions, rng)
+    draw = _draw_session(config, dynamics, times_s, rngs[index])
+    design, sim, rows = draw.design, draw.sim, draw.rows
+    unit_regions, rates, counts = draw.unit_regions, draw.rates, draw.counts
     saved = np.load(folder / "truth" / "test_rates.npy")
     if not np.array_equal(saved, rates[rows["test"]]):
         raise SystemExit(f"{folder}: regenerated rates differ from truth/test_rates.npy")
@@ -280,7 +272,10 @@ def main() -> None:
     path = args.out / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     for folder in args.sessions:
-        session = load_session(folder)
+        try:
+            session = load_session(folder)
+        except SpikemaskError as err:
+            raise SystemExit(f"synthetic_bayes_ceiling: {err}") from None
         name = session.session_id
         if name in results:
             continue

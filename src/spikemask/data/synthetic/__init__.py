@@ -301,6 +301,41 @@ def _split_rows(num_trials: int, fractions: tuple, rng: np.random.Generator) -> 
     return {s: np.sort(part) for s, part in zip(SPLITS, np.split(order, bounds), strict=True)}
 
 
+@dataclass(frozen=True)
+class _SessionDraw:
+    """Everything one session's random source draws, before it becomes a Session."""
+
+    num_trials: int
+    design: dyn.TrialDesign
+    sim: dyn.Simulation
+    unit_regions: np.ndarray
+    recorded: np.ndarray
+    rates: np.ndarray
+    counts: np.ndarray
+    trial_behavior: dict[str, np.ndarray]
+    bin_behavior: dict[str, np.ndarray]
+    rows: dict[str, np.ndarray]
+
+
+def _draw_session(
+    config: SyntheticConfig, dynamics: dyn.Dynamics, times_s: np.ndarray, rng: np.random.Generator
+) -> _SessionDraw:
+    """Trials, latents, units, rates, counts, behaviour and splits, in a fixed order of draws
+    (the order is part of the output: the same seed gives byte-identical sessions)."""
+    num_trials = int(rng.integers(config.num_trials[0], config.num_trials[1] + 1))
+    design = dyn.design_trials(num_trials, times_s, rng)
+    sim = dyn.simulate(dynamics, design, rng, choice_noise=config.choice_noise)
+    unit_regions, recorded = _pick_units(config, rng)
+    rates = _unit_rates(sim.latents, unit_regions, config, rng)
+    counts = dyn.sample_poisson(rates, rng)
+    trial_behavior, bin_behavior = dyn.behaviour(sim, design, dynamics, rng)
+    rows = _split_rows(num_trials, config.split_fractions, rng)
+    return _SessionDraw(
+        num_trials, design, sim, unit_regions, recorded, rates, counts,
+        trial_behavior, bin_behavior, rows,
+    )  # fmt: skip
+
+
 def _make_session(
     index: int,
     seed: int,
@@ -310,14 +345,11 @@ def _make_session(
     rng: np.random.Generator,
 ) -> SyntheticSession:
     session_id = f"synth-{seed}-{index:02d}"
-    num_trials = int(rng.integers(config.num_trials[0], config.num_trials[1] + 1))
-    design = dyn.design_trials(num_trials, times_s, rng)
-    sim = dyn.simulate(dynamics, design, rng, choice_noise=config.choice_noise)
-    unit_regions, recorded = _pick_units(config, rng)
-    rates = _unit_rates(sim.latents, unit_regions, config, rng)
-    counts = dyn.sample_poisson(rates, rng)
-    trial_behavior, bin_behavior = dyn.behaviour(sim, design, dynamics, rng)
-    rows = _split_rows(num_trials, config.split_fractions, rng)
+    draw = _draw_session(config, dynamics, times_s, rng)
+    num_trials, sim, rows = draw.num_trials, draw.sim, draw.rows
+    unit_regions, rates, counts = draw.unit_regions, draw.rates, draw.counts
+    trial_behavior, bin_behavior = draw.trial_behavior, draw.bin_behavior
+    recorded = draw.recorded
     depth_centre = 500.0 + 700.0 * unit_regions
     depths = np.round(depth_centre + rng.uniform(-300.0, 300.0, len(unit_regions)), 1)
     full = TrialSet(counts, np.arange(num_trials), trial_behavior, bin_behavior)

@@ -138,7 +138,9 @@ class NDT1(SessionModel):
 
         Args:
             stitched: ``(B, T, D_in)`` read-in output (``adapter(session_id).read_in``).
-            session_id / prompt / causal: as in :meth:`forward`.
+            session_id: as in :meth:`forward`.
+            prompt: as in :meth:`forward`.
+            causal: as in :meth:`forward`.
 
         Returns:
             ``(B, T, D)`` latents.

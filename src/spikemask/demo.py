@@ -18,9 +18,6 @@ from spikemask.errors import SpikemaskError
 __all__ = ["run_demo"]
 
 MODELS = (("NDT1 temporal", "temporal", "temporal"), ("NDT1 MtM", "mtm", "mtm-temporal"))
-DEFAULT_STEPS = 2000
-"""Optimiser steps of each demo model (about 1-1.5 minutes each on 2 idle CPU cores with
-bf16: BENCHMARKS.md §1)."""
 
 
 def _say(message: str) -> None:
@@ -30,7 +27,8 @@ def _say(message: str) -> None:
 def run_demo(
     out: str | Path = "spikemask-demo",
     *,
-    steps: int = DEFAULT_STEPS,
+    epochs: int | None = None,
+    steps: int | None = None,
     minutes: float | None = None,
     seed: int = 0,
     force: bool = False,
@@ -40,8 +38,12 @@ def run_demo(
 
     Args:
         out: Output folder (runs, ``results.json``, ``report.md``, ``figures/``).
-        steps: Optimiser steps of each model (a step budget gives the same table on
-            every machine; MtM and temporal masking get equally many steps).
+        epochs: Passes over the session's training trials for each model. By default the
+            budget of ``spikemask train``: the small preset's ``train.max_epochs`` (300
+            passes, 3,000 steps on the shipped session). MtM and temporal masking get
+            equally many steps, and a budget in passes or steps gives the same table on
+            every machine.
+        steps: Optimiser steps of each model, instead of ``epochs``.
         minutes: Optional cap on the total training time, shared equally by the models.
         seed: Seed of both runs.
         force: Replace the results of an earlier demo in ``out``.
@@ -56,8 +58,12 @@ def run_demo(
 
     if minutes is not None and not minutes > 0:
         raise SpikemaskError(f"--minutes {minutes}: expected a positive number of minutes")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise SpikemaskError(f"--steps {steps}: expected a positive number of steps")
+    for flag, value in (("--epochs", epochs), ("--steps", steps)):
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if value is not None and not (whole and value >= 1):
+            raise SpikemaskError(f"{flag} {value}: expected a positive whole number")
+    if epochs is not None and steps is not None:
+        raise SpikemaskError("--epochs and --steps: expected one budget, not both")
     cap = "null" if minutes is None else minutes / len(MODELS)
     out = Path(out).expanduser()
     _prepare(out, force)
@@ -67,6 +73,11 @@ def run_demo(
         f"{len(session.units_per_region)} regions, {session.split('train').num_trials} "
         f"training / {session.split('test').num_trials} test trials ({CITATION})."
     )
+    budget = []  # the small preset's own budget (train.max_epochs) unless one is given
+    if steps is not None:
+        budget = [f"train.max_steps={steps}", "train.max_epochs=null"]
+    elif epochs is not None:
+        budget = [f"train.max_epochs={epochs}", "train.max_steps=null"]
     results, predictions = {}, {}
     started = time.perf_counter()
     for name, folder, masking in MODELS:
@@ -74,16 +85,23 @@ def run_demo(
         config = load_config(
             preset="small",
             sets=[
-                f"train.max_steps={steps}",
+                *budget,
                 f"train.max_minutes={cap}",
-                "train.max_epochs=null",
                 f"train.seed={seed}",
                 f"train.progress_bar={str(progress).lower()}",
                 f"masking.schemes={json.dumps(list(preset.schemes))}",
             ],
         )
         limit = "" if minutes is None else f" (at most {minutes / len(MODELS):.1f} min)"
-        _say(f"\nTraining {name} for {steps} steps{limit} ...")
+        if config.train.max_steps is not None:
+            planned = f"{config.train.max_steps} steps"
+        else:
+            passes = config.train.max_epochs
+            planned = (
+                f"{passes} pass{'es' if passes != 1 else ''} over the training trials "
+                f"(batch {config.data.batch_size})"
+            )
+        _say(f"\nTraining {name} for {planned}{limit} ...")
         result = train([session], out / "runs" / folder, config=config)
         _say(
             f"  {result.steps} steps; validation loss {result.best_val_loss:.5f} vs "

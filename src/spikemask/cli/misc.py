@@ -26,11 +26,15 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     """Add ``spikemask demo``."""
     p = sub.add_parser("demo", help="train, evaluate and report on the shipped real session")
     p.add_argument("--out", type=Path, default=Path("spikemask-demo"), help="output folder")
-    p.add_argument(
-        "--steps",
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--epochs",
         type=int,
-        help="optimiser steps of each of the two models (default 2000: "
-        "spikemask.demo.DEFAULT_STEPS)",
+        help="passes over the training trials for each of the two models (default: the "
+        "small preset's train.max_epochs, 300, as spikemask train)",
+    )
+    budget.add_argument(
+        "--steps", type=int, help="optimiser steps of each of the two models, instead of --epochs"
     )
     p.add_argument(
         "--minutes",
@@ -82,11 +86,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from spikemask.demo import DEFAULT_STEPS, run_demo
+    from spikemask.demo import run_demo
 
     run_demo(
         args.out,
-        steps=DEFAULT_STEPS if args.steps is None else args.steps,
+        epochs=args.epochs,
+        steps=args.steps,
         minutes=args.minutes,
         seed=args.seed,
         force=args.force,

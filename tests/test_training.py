@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from spikemask.api import load_run
@@ -516,3 +517,32 @@ def test_few_training_trials_warn_once_per_distributed_run(monkeypatch):
     monkeypatch.setattr(rank_zero_only, "rank", 0)
     with pytest.warns(SpikemaskWarning):
         _warn_if_few_trials([small])
+
+
+def test_finetune_gets_its_own_budget_not_the_pretrainings(tmp_path):
+    """Without a config, a fine-tuning keeps the run's settings but not its budget: a
+    pre-training's 15,000 steps (or minutes) would be far too long for one new session."""
+    from spikemask.config import RunConfig
+    from spikemask.training.finetune import finetune_budget
+
+    pretrained = tmp_path / "pre"
+    long = ("train.max_steps=15000", "train.max_epochs=null", "train.max_minutes=30")
+    short = ("train.max_steps=3", "train.max_epochs=null", "train.max_minutes=30")
+    train([make_session()], pretrained, config=tiny_config(*short))
+
+    new = make_session(session_id="new", num_units=9, seed=5)
+    result = finetune(pretrained, [new], tmp_path / "ft", sets=["train.max_steps=2"])
+    used = RunConfig.from_dict(yaml.safe_load((result.run_dir / "config.yaml").read_text()))
+    assert (used.train.max_epochs, used.train.max_steps, used.train.max_minutes) == (300, 2, None)
+    assert result.steps == 2
+    recorded = RunConfig.from_dict(yaml.safe_load((pretrained / "config.yaml").read_text()))
+    assert recorded.train.max_minutes == 30 and recorded.train.max_epochs is None
+    assert used.train.lr == recorded.train.lr and used.model == recorded.model
+
+    # the preset's from-scratch budget: 300 passes for small, 1000 for paper
+    for preset, epochs in (("small", 300), ("paper", 1000)):
+        base = load_config(preset=preset, sets=list(long))
+        budget = finetune_budget(base).train
+        assert (budget.max_epochs, budget.max_steps, budget.max_minutes) == (epochs, None, None)
+    other = finetune_budget(load_config(sets=["model.width=64", *long]))
+    assert other.train.max_epochs == 300

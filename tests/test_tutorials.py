@@ -61,3 +61,38 @@ def test_shipped_session_tutorial_runs(tmp_path, monkeypatch):
     assert any((tmp_path / "report" / "figures").glob("*.png"))
     assert "bps" in scope["scores"]["mean"]["co_smoothing"]
     assert scope["finetuned"].steps == 2
+
+
+def test_new_animal_tutorial_runs(tmp_path, monkeypatch):
+    """Pre-train on five synthetic animals, fine-tune to the sixth: the benchmark, then by hand."""
+    script = python_blocks(DOCS / "new-animal.md")
+    replacements = {
+        # smaller animals and budgets; the calls are as written
+        'synthesize("synth6", num_sessions=6, seed=0)': (
+            'synthesize("synth6", num_sessions=6, seed=0, config=__import__('
+            '"spikemask.data.synthetic", fromlist=["SyntheticConfig"]).SyntheticConfig('
+            "num_regions=3, latent_dim=2, units_per_region=(6, 8), num_trials=(40, 44), "
+            "num_bins=30, window_start_s=-0.2))"
+        ),
+        "BUDGET = {}": f"BUDGET = {{'steps': 2, 'pretrain_steps': (2, 3), 'sets': {TINY_MODEL!r}}}",
+        'PRETRAIN = ["train.max_steps=15000",': (
+            f'PRETRAIN = [*{TINY_MODEL!r}, "train.max_steps=3",'
+        ),
+        "FINETUNE = []": 'FINETUNE = ["train.max_steps=2", "train.max_epochs=null"]',
+    }
+    for old, new in replacements.items():
+        assert old in script, old
+        script = script.replace(old, new)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(script, "new-animal.md", "exec"), scope)
+    models = scope["summary"]["models"]
+    assert {"MtM scratch", "temporal scratch", "MtM pre-trained", "linear", "oracle"} <= set(models)
+    assert "MtM pre-trained 2 steps" in models and "MtM pre-trained 3 steps" in models
+    for name in ("bench/table.md", "bench/results.json", "bench/quality.png"):
+        assert (tmp_path / name).is_file(), name
+    assert scope["pretrained"].steps == 3 and scope["finetuned"].steps == 2
+    assert set(scope["scores"]["sessions"]) == {scope["new"].session_id}
+    assert "bps" in scope["linear"]["mean"]["intra_region"]

@@ -21,13 +21,15 @@ MASKING_CHOICES = (
 )
 
 
-def _add_budget_flags(parser: argparse.ArgumentParser) -> None:
+def _add_budget_flags(parser: argparse.ArgumentParser, *, finetune: bool = False) -> None:
     budget = "; the first budget reached stops training"
+    of = "the pre-trained model's preset" if finetune else "the preset"
     parser.add_argument(
         "--max-epochs",
         type=int,
-        help="stop after this many epochs (default: the preset's, 300 for small and 1000 for "
-        f"paper{budget})",
+        help=f"stop after this many epochs (default: {of}'s, 300 for small and 1000 for "
+        f"paper{budget}"
+        + ("; the pre-training's budget does not carry over)" if finetune else ")"),
     )
     parser.add_argument(
         "--max-steps",
@@ -110,7 +112,7 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
         help="which checkpoint of the run to start from",
     )
     p.add_argument("--device", default="auto", help=_device_help("fine-tune"))
-    _add_budget_flags(p)
+    _add_budget_flags(p, finetune=True)
 
 
 def _budget_sets(args: argparse.Namespace) -> list[str]:

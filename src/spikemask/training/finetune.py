@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from spikemask.config import RunConfig, apply_overrides, parse_set_options
+from spikemask.config import RunConfig, apply_overrides, parse_set_options, run_preset
 from spikemask.config import _read_yaml as read_yaml
 from spikemask.data.loading import load_sessions
 from spikemask.data.session import Session
@@ -21,7 +21,13 @@ from spikemask.models import build_model
 from spikemask.training.checkpoint import Checkpoint, load_run_checkpoint
 from spikemask.training.run import TrainResult, fit, init_unit_rates, session_info
 
-__all__ = ["FINETUNE_MODES", "add_sessions", "finetune", "load_run_checkpoint"]
+__all__ = [
+    "FINETUNE_MODES",
+    "add_sessions",
+    "finetune",
+    "finetune_budget",
+    "load_run_checkpoint",
+]
 
 FINETUNE_MODES = ("full", "session", "staged")
 
@@ -108,6 +114,9 @@ def finetune(
             (BENCHMARKS.md §7).
         which: Start from the run's ``best`` or ``last`` checkpoint.
         config: Replaces the run's masking / data / training settings (model must match).
+            Without it, the run's settings are kept except the budget, which is the
+            preset's from-scratch budget (300 passes over the new sessions' training
+            trials for the small preset; :func:`finetune_budget`), not the pre-training's.
         config_path: YAML file of overrides applied on top.
         sets: ``key=value`` overrides applied after ``config_path``.
         resume: Continue an interrupted fine-tuning run in ``out``.
@@ -201,10 +210,37 @@ def shrink_towards_fresh(
         parameter.mul_(shrink).add_(start, alpha=1.0 - shrink)
 
 
+def finetune_budget(base: RunConfig) -> RunConfig:
+    """``base`` with the budget a fine-tuning gets unless one is given.
+
+    The pre-training's budget does not carry over (15,000 steps over many sessions would be
+    far too long for one new session): a fine-tuning gets the from-scratch budget of its
+    preset, ``train.max_epochs`` passes over the new sessions' training trials (300 for the
+    ``small`` preset, 1000 for ``paper``; 300 for a model that matches neither), with no step
+    or time limit, the budget the benchmark gives it (BENCHMARKS.md section 7).
+    """
+    epochs = next(
+        (
+            preset.train.max_epochs
+            for preset in (run_preset("small"), run_preset("paper"))
+            if _same_architecture(preset.model, base.model)
+        ),
+        run_preset("small").train.max_epochs,
+    )
+    train = dataclasses.replace(base.train, max_epochs=epochs, max_steps=None, max_minutes=None)
+    return dataclasses.replace(base, train=train)
+
+
+def _same_architecture(preset: object, model: object) -> bool:
+    # tied_stitchers=None (the presets) resolves the same as what a run recorded
+    keys = ("architecture", "width", "num_layers", "num_heads", "mlp_width")
+    return all(getattr(preset, key) == getattr(model, key) for key in keys)
+
+
 def _finetune_config(
     base: RunConfig, given: RunConfig | None, path: str | Path | None, sets: Sequence[str]
 ) -> RunConfig:
-    config = given or base
+    config = given or finetune_budget(base)
     if path is not None:
         config = apply_overrides(config, read_yaml(Path(path)), where=str(path))
     if sets:

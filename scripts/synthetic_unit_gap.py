@@ -1,8 +1,9 @@
 """Where co-smoothing falls short of the oracle, unit by unit, on a `spikemask synth` session.
 
 For each unit: bits per spike of the true rates (the oracle) and of each model's co-smoothing
-prediction on the test split; then the means by quartile of the unit's test firing rate and
-of its modulation (standard deviation of its true log-rate over bins and trials). A gap that
+prediction on the test split (or ``--split val``); then the means by quartile of the unit's
+firing rate and of its modulation (standard deviation of its true log-rate over bins and
+trials), both on the scored split. A gap that
 is the same in every quartile points at how the latents are inferred; one concentrated in the
 quiet units points at their read-out.
 
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--run", action="append", default=[], metavar="NAME=RUN_DIR")
     parser.add_argument("--linear", action="store_true", help="add the linear baseline")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--split", default="test", choices=["val", "test"], help="trials scored")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
@@ -45,16 +47,20 @@ def main() -> None:
         runs[name] = run
     try:
         session = load_sessions([args.session])[0]
-        truth = load_true_rates(args.session)["test"]
+        truth = load_true_rates(args.session)[args.split]
     except SpikemaskError as err:
         raise SystemExit(f"synthetic_unit_gap: error: {err}") from None
-    spikes = session.split("test").spikes
+    spikes = session.split(args.split).spikes
     predictions = {}
     for name, run in runs.items():
-        evaluation = run_evaluation(run, [session], tasks=["co-smoothing"], progress=False)
+        evaluation = run_evaluation(
+            run, [session], split=args.split, tasks=["co-smoothing"], progress=False
+        )
         predictions[name] = evaluation.predictions[session.session_id].tasks["co_smoothing"].rates
     if args.linear:
-        linear = run_linear_baseline([session], tasks=["co-smoothing"], progress=False)
+        linear = run_linear_baseline(
+            [session], split=args.split, tasks=["co-smoothing"], progress=False
+        )
         predictions["linear"] = linear.predictions[session.session_id].tasks["co_smoothing"].rates
 
     oracle = bits_per_spike_per_unit(truth, spikes)
@@ -63,11 +69,12 @@ def main() -> None:
     }
     keep = np.isfinite(oracle) & np.all([np.isfinite(s) for s in scores.values()], axis=0)
     keys = {
-        "test rate (Hz)": spikes.mean(axis=(0, 1)) / session.bin_size_s,
+        "rate (Hz)": spikes.mean(axis=(0, 1)) / session.bin_size_s,
         "modulation (sd of the true log-rate)": np.log(np.maximum(truth, 1e-12)).std(axis=(0, 1)),
     }
     result = {
         "session": session.session_id,
+        "split": args.split,
         "units": int(keep.sum()),
         "oracle": float(oracle[keep].mean()),
         **{name: float(s[keep].mean()) for name, s in scores.items()},

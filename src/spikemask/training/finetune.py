@@ -18,6 +18,7 @@ from spikemask.data.session import Session
 from spikemask.devices import lightning_accelerator
 from spikemask.errors import SpikemaskError
 from spikemask.models import build_model
+from spikemask.models.config import ModelConfig
 from spikemask.training.checkpoint import Checkpoint, load_run_checkpoint
 from spikemask.training.run import TrainResult, fit, init_unit_rates, session_info
 
@@ -231,8 +232,8 @@ def finetune_budget(base: RunConfig) -> RunConfig:
     return dataclasses.replace(base, train=train)
 
 
-def _same_architecture(preset: object, model: object) -> bool:
-    # tied_stitchers=None (the presets) resolves the same as what a run recorded
+def _same_architecture(preset: ModelConfig, model: ModelConfig) -> bool:
+    # the model's size only: a run may change its dropout, stitchers, ... and keep its preset
     keys = ("architecture", "width", "num_layers", "num_heads", "mlp_width")
     return all(getattr(preset, key) == getattr(model, key) for key in keys)
 

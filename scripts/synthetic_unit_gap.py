@@ -48,20 +48,22 @@ def main() -> None:
     try:
         session = load_sessions([args.session])[0]
         truth = load_true_rates(args.session)[args.split]
-    except SpikemaskError as err:
+        spikes = session.split(args.split).spikes
+        predictions = {}
+        for name, run in runs.items():
+            evaluation = run_evaluation(
+                run, [session], split=args.split, tasks=["co-smoothing"], progress=False
+            )
+            tasks = evaluation.predictions[session.session_id].tasks
+            predictions[name] = tasks["co_smoothing"].rates
+        if args.linear:
+            linear = run_linear_baseline(
+                [session], split=args.split, tasks=["co-smoothing"], progress=False
+            )
+            tasks = linear.predictions[session.session_id].tasks
+            predictions["linear"] = tasks["co_smoothing"].rates
+    except SpikemaskError as err:  # a bad path or run: one line, not a traceback
         raise SystemExit(f"synthetic_unit_gap: error: {err}") from None
-    spikes = session.split(args.split).spikes
-    predictions = {}
-    for name, run in runs.items():
-        evaluation = run_evaluation(
-            run, [session], split=args.split, tasks=["co-smoothing"], progress=False
-        )
-        predictions[name] = evaluation.predictions[session.session_id].tasks["co_smoothing"].rates
-    if args.linear:
-        linear = run_linear_baseline(
-            [session], split=args.split, tasks=["co-smoothing"], progress=False
-        )
-        predictions["linear"] = linear.predictions[session.session_id].tasks["co_smoothing"].rates
 
     oracle = bits_per_spike_per_unit(truth, spikes)
     scores = {

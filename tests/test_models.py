@@ -531,6 +531,47 @@ def test_math_attention_equals_the_plain_formula_forward_and_backward():
                     _close(a, b, last_bit, case)
 
 
+def test_attention_scores_in_the_input_dtype():
+    """``attention_scores="input"``: in fp32 the same to the bit as the default; in bf16
+    the scores and weights are bf16 (close to the fp32-score result, not equal) and the
+    gradients flow."""
+    from spikemask.models.layers import _math_attention
+
+    torch.manual_seed(0)
+    allowed = torch.ones(7, 7, dtype=torch.bool).tril()
+    q, k, v = (torch.randn(2, 3, 7, 8) for _ in range(3))
+    for mask in (None, allowed):
+        assert torch.equal(
+            _math_attention(q, k, v, mask, 0.0, scores_in_fp32=False),
+            _math_attention(q, k, v, mask, 0.0),
+        )
+    qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
+    low = _math_attention(qb, kb, vb, allowed, 0.0, scores_in_fp32=False)
+    high = _math_attention(qb, kb, vb, allowed, 0.0)
+    assert low.dtype == torch.bfloat16
+    assert not torch.equal(low, high)  # the scores really are rounded to bf16
+    torch.testing.assert_close(low.float(), high.float(), rtol=0.05, atol=0.03)
+    grads = torch.autograd.grad(low.float().square().sum(), (qb, kb, vb))
+    assert all(torch.isfinite(g.float()).all() and g.abs().sum() > 0 for g in grads)
+    with pytest.raises(SpikemaskError, match="attention_scores"):
+        tiny_config(attention_scores="bf8")
+
+
+def test_attention_scores_choice_changes_nothing_in_fp32_or_evaluation():
+    default = tiny_model()
+    low = tiny_model(attention_scores="input")
+    low.load_state_dict(default.state_dict())
+    x = torch.poisson(torch.full((BATCH, BINS, UNITS), 0.5))
+    kwargs = {"session_id": "sess-a", "prompt": 0}
+    default.eval(), low.eval()
+    assert torch.equal(default(x, **kwargs).log_rates, low(x, **kwargs).log_rates)
+    default.train(), low.train()
+    torch.manual_seed(3)
+    first = default(x, **kwargs).log_rates
+    torch.manual_seed(3)
+    assert torch.equal(first, low(x, **kwargs).log_rates)  # fp32 training: same to the bit
+
+
 def test_cpu_dropout_choice_changes_masks_not_the_model():
     bits = tiny_model(cpu_dropout="bits")
     plain = tiny_model(cpu_dropout="torch")

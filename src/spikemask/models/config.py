@@ -28,6 +28,8 @@ ARCHITECTURES = ("ndt1", "ndt2")
 POSITION_EMBEDDINGS = ("learned", "rotary")
 #: How spike counts enter the model (see :func:`scale_counts`).
 INPUT_SCALINGS = ("counts", "sqrt", "log1p")
+#: Precision of the attention scores and softmax on a CPU (see ``attention_scores``).
+ATTENTION_SCORES = ("fp32", "input")
 
 
 @dataclass
@@ -61,6 +63,14 @@ class ModelConfig:
             probability is rounded to a multiple of 1/32768, see
             :mod:`spikemask.models.dropout`) or ``"torch"`` (torch's dropout). GPUs always
             use torch's. Same model, same weights either way; only the random masks differ.
+        attention_scores: on a CPU in training with attention dropout (where the attention
+            is written out, see ``cpu_dropout``): ``"fp32"`` (default) computes the scores
+            and the softmax in fp32 whatever the input dtype, as torch's SDPA does;
+            ``"input"`` keeps them in the queries' dtype, i.e. bf16 when training in bf16
+            (the matmul and the softmax still accumulate in fp32; the scores and weights
+            are stored rounded to bf16). Saves the fp32 casts and halves the memory
+            traffic of the largest tensors of the step. The same in fp32 training, on GPUs
+            and in evaluation, where the two values give identical results.
         hidden_flags: NDT1 only: the read-in also learns which entries are hidden. Each
             unit has a learned ``(D_in,)`` mask column (starting at zero); in each bin the
             mean of the hidden units' columns is added to the read-in. Without it a hidden
@@ -96,6 +106,7 @@ class ModelConfig:
     max_regions: int = 256
     input_scaling: str = "counts"
     cpu_dropout: str = "bits"
+    attention_scores: str = "fp32"
     hidden_flags: bool = False
     tied_stitchers: bool | None = None
 
@@ -103,6 +114,7 @@ class ModelConfig:
         _check_choice("architecture", self.architecture, ARCHITECTURES)
         _check_choice("input_scaling", self.input_scaling, INPUT_SCALINGS)
         _check_choice("cpu_dropout", self.cpu_dropout, CPU_DROPOUT_DRAWS)
+        _check_choice("attention_scores", self.attention_scores, ATTENTION_SCORES)
         _check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
         for name in (
             "width",

@@ -130,6 +130,7 @@ class SelfAttention(nn.Module):
         self.num_heads = config.num_heads
         self.attention_dropout = config.dropout
         self.cpu_dropout = config.cpu_dropout
+        self.scores_in_fp32 = config.attention_scores == "fp32"
         self.qkv = nn.Linear(config.width, 3 * config.width)
         self.projection = nn.Linear(config.width, config.width)
 
@@ -158,7 +159,9 @@ class SelfAttention(nn.Module):
             key = apply_rotary(key, *rotary)
         p = self.attention_dropout if self.training else 0.0
         if p > 0 and self.cpu_dropout == "bits" and query.device.type == "cpu":
-            attended = _math_attention(query, key, value, attn_allowed, p)
+            attended = _math_attention(
+                query, key, value, attn_allowed, p, scores_in_fp32=self.scores_in_fp32
+            )
         else:
             attended = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=attn_allowed, dropout_p=p
@@ -167,21 +170,29 @@ class SelfAttention(nn.Module):
 
 
 def _math_attention(
-    query: Tensor, key: Tensor, value: Tensor, attn_allowed: Tensor | None, p: float
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_allowed: Tensor | None,
+    p: float,
+    *,
+    scores_in_fp32: bool = True,
 ) -> Tensor:
     """Softmax attention with dropout on the weights (what SDPA's math path computes).
 
-    The scores and the softmax are computed in fp32 whatever the input dtype (as SDPA's
-    CPU math path does for bf16); the weights meet ``value`` in its own dtype.
+    With ``scores_in_fp32`` the scores and the softmax are computed in fp32 whatever the
+    input dtype (as SDPA's CPU math path does for bf16); otherwise in the queries' dtype
+    (``model.attention_scores="input"``). The weights meet ``value`` in its own dtype.
     """
     *batch, tokens, head_width = query.shape
     scale = 1.0 / math.sqrt(head_width)
-    with torch.autocast(query.device.type, enabled=False):  # autocast would make it bf16
+    dtype = torch.float32 if scores_in_fp32 else query.dtype
+    with torch.autocast(query.device.type, enabled=False):  # autocast would pick for us
         # (the heads come permuted out of the qkv projection: cast and lay out in one copy)
         contiguous = torch.contiguous_format
-        q = query.to(torch.float32, memory_format=contiguous, copy=True).mul_(scale)
+        q = query.to(dtype, memory_format=contiguous, copy=True).mul_(scale)
         q = q.view(-1, tokens, head_width)
-        k = key.to(torch.float32, memory_format=contiguous).reshape(-1, tokens, head_width)
+        k = key.to(dtype, memory_format=contiguous).reshape(-1, tokens, head_width)
         k = k.transpose(-2, -1)
         if attn_allowed is None:
             scores = torch.bmm(q, k)
@@ -189,7 +200,7 @@ def _math_attention(
             bias = torch.zeros(attn_allowed.shape, dtype=q.dtype, device=q.device)
             bias.masked_fill_(~attn_allowed, float("-inf"))
             scores = torch.baddbmm(bias.expand(q.shape[0], -1, -1), q, k)
-    weights = scores.view(*batch, tokens, tokens).softmax(dim=-1).to(value.dtype)
+        weights = scores.view(*batch, tokens, tokens).softmax(dim=-1).to(value.dtype)
     return dropout(weights, p, training=True) @ value
 
 

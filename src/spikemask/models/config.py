@@ -69,8 +69,9 @@ class ModelConfig:
             ``"input"`` keeps them in the queries' dtype, i.e. bf16 when training in bf16
             (the matmul and the softmax still accumulate in fp32; the scores and weights
             are stored rounded to bf16). Saves the fp32 casts and halves the memory
-            traffic of the largest tensors of the step. The same in fp32 training, on GPUs
-            and in evaluation, where the two values give identical results.
+            traffic of the largest tensors of the step. In fp32 training, with
+            ``cpu_dropout="torch"``, on GPUs and in evaluation the two values give identical
+            results. Measured in BENCHMARKS.md section 8 (speed) and 7 (validation quality).
         hidden_flags: NDT1 only: the read-in also learns which entries are hidden. Each
             unit has a learned ``(D_in,)`` mask column (starting at zero); in each bin the
             mean of the hidden units' columns is added to the read-in. Without it a hidden
